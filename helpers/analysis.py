@@ -1,0 +1,57 @@
+"""Analysis probes: looking inside a multi-step registration, one step at a time."""
+
+from typing import NamedTuple
+
+import torch
+
+from .losses import BendingLoss, DiffusionRegularizedNet
+
+
+class StepTrace(NamedTuple):
+    """A batch of B pairs registered by K steps, seen after each step k = 0..K.
+
+    Step 0 is before any registration (φ = identity); step K is the network's output.
+
+    warped:       [K+1, B, C, H, W]  the moving image warped by the composition of steps 1..k
+    displacement: [K+1, B, 2, H, W]  what step k's network added (zeros for k = 0), in
+                                     coordinate units, in the frame of the image it saw
+    phi:          [K+1, B, 2, H, W]  the composed transform after k steps, on the identity grid
+    losses:       BendingLoss of [K+1, B] tensors: every loss field after each step
+                  (similarity_loss = 2·mean squared difference to the fixed image, as in the
+                  loss; flips = folded grid cells)
+    """
+
+    warped: torch.Tensor
+    displacement: torch.Tensor
+    phi: torch.Tensor
+    losses: BendingLoss
+
+    @property
+    def similarity(self) -> torch.Tensor:
+        return self.losses.similarity_loss
+
+    @property
+    def flips(self) -> torch.Tensor:
+        return self.losses.flips
+
+
+def trace_steps(net: DiffusionRegularizedNet, moving: torch.Tensor, fixed: torch.Tensor) -> StepTrace:
+    """Register `moving` to `fixed` ([B, C, H, W] each) with `net`, recording every step.
+
+    It iterates `net.regis_net.steps`, the very generator `net`'s forward pass uses, and
+    scores each step with `net.evaluate`, the function that computes the loss; so the last
+    step reproduces `net.register(moving, fixed)`. Gradients flow unless the caller wraps
+    the call in `torch.no_grad()`.
+    """
+    net.check_pair(moving, fixed)
+    results = [net.evaluate(lambda coordinates: coordinates, moving, fixed)]
+    displacements = [torch.zeros_like(results[0].phi_AB_vectorfield)]
+    for step in net.regis_net.steps(moving, fixed):
+        results.append(net.evaluate(step.transform, moving, fixed))
+        displacements.append(step.displacement)
+    return StepTrace(
+        warped=torch.stack([r.warped_image_A for r in results]),
+        displacement=torch.stack(displacements),
+        phi=torch.stack([r.phi_AB_vectorfield for r in results]),
+        losses=BendingLoss(*(torch.stack(field) for field in zip(*(r.losses for r in results)))),
+    )

