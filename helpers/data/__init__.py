@@ -41,7 +41,7 @@ SOURCES = ("bundled", "mnist")
 
 BUNDLED_FILE = Path(__file__).with_name("mnist_5k.npz")
 #: SHA-256 of ``images.tobytes() + labels.tobytes()`` (C-order uint8) of the bundled file.
-BUNDLED_SHA256 = "TO_BE_FILLED"
+BUNDLED_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
 _BUNDLED_SHAPES = {"images": (5000, 28, 28), "labels": (5000,)}
 _BUNDLED_SPLIT_SLICES = {"train": slice(0, 300), "classifier": slice(300, 400), "heldout": slice(400, 500)}
 _REBUILD_HINT = (
@@ -113,14 +113,8 @@ def load_digits(
         images, labels = _read_bundled(BUNDLED_FILE)
         selected = images[labels == digit][_BUNDLED_SPLIT_SLICES[split]]
     else:
-        root = Path(root if root is not None else default_mnist_root()).expanduser()
-        request = f"load_digits({digit}, {split!r}, source='mnist')"
-        images, labels = _read_mnist(root, train=split != "heldout", download=download, request=request)
-        selected = images[labels == digit]
-        if split != "heldout":
-            n_classifier = len(selected) // 10
-            cut = len(selected) - n_classifier
-            selected = selected[:cut] if split == "train" else selected[cut:]
+        root = Path(root).expanduser() if root is not None else default_mnist_root()
+        selected = _full_mnist_digit(digit, split, root, download)
     return torch.from_numpy(selected).unsqueeze(1).float().div_(255)
 
 
@@ -157,12 +151,13 @@ def _read_bundled(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in _BUNDLED_SHAPES}
     except Exception as error:  # any failure to read counts as a broken file; the cause is chained
-        raise DataIntegrityError(f"cannot read bundled MNIST file {path}: {error!r}. {_REBUILD_HINT}") from error
+        message = f"cannot read bundled MNIST file {path}: {error!r}. {_REBUILD_HINT}"
+        raise DataIntegrityError(message) from error
     for name, shape in _BUNDLED_SHAPES.items():
         if arrays[name].dtype != np.uint8 or arrays[name].shape != shape:
-            found = f"{arrays[name].dtype} {arrays[name].shape}"
             raise DataIntegrityError(
-                f"bundled MNIST file {path}: {name!r} should be uint8 {shape}, found {found}. {_REBUILD_HINT}"
+                f"bundled MNIST file {path}: {name!r} should be uint8 {shape}, "
+                f"found {arrays[name].dtype} {arrays[name].shape}. {_REBUILD_HINT}"
             )
     images, labels = arrays["images"], arrays["labels"]
     found = sha256_of_arrays(images, labels)
@@ -175,22 +170,35 @@ def _read_bundled(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _full_mnist_digit(digit: int, split: str, root: Path, download: bool) -> np.ndarray:
+    """uint8 [N, 28, 28]: one digit's images of one split of the full MNIST, in file order."""
+    train = split != "heldout"
+    try:
+        images, labels = _read_mnist(root, train, download)
+    except (RuntimeError, OSError) as error:
+        raw_dir = root / "MNIST" / "raw"
+        raise MNISTUnavailableError(
+            f"load_digits({digit}, {split!r}, source='mnist') needs the full MNIST "
+            f"{'training' if train else 'test'} set, which is not available under root {root} "
+            f"(looked in {raw_dir}, download={download}). Cause: {error!r}. To fix: pass "
+            f"download=True (needs internet); or put the four uncompressed IDX files "
+            f"{', '.join(MNIST_RAW_FILES)} in {raw_dir}/ (or point root= or HELPERS_MNIST_ROOT "
+            f'at where they are); or use source="bundled" for the 5,000-image subset shipped '
+            f"with this package."
+        ) from error
+    selected = images[labels == digit]
+    if train:
+        cut = len(selected) - len(selected) // 10
+        selected = selected[:cut] if split == "train" else selected[cut:]
+    return selected
+
+
 @functools.lru_cache(maxsize=2)
-def _read_mnist(root: Path, train: bool, download: bool, request: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only full-MNIST (images uint8 [N, 28, 28], labels int64 [N]) via torchvision."""
+def _read_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only full-MNIST (images uint8 [N, 28, 28], labels int64 [N]) via torchvision; cached."""
     from torchvision.datasets import MNIST
 
-    try:
-        dataset = MNIST(root, train=train, download=download)
-    except (RuntimeError, OSError) as error:
-        raise MNISTUnavailableError(
-            f"{request} needs the full MNIST {'training' if train else 'test'} set, which is not "
-            f"available under root {root} (looked in {root / 'MNIST' / 'raw'}; "
-            f"download={download}). Cause: {error!r}. To fix, either pass download=True "
-            f"(needs internet); or put the four uncompressed IDX files {', '.join(MNIST_RAW_FILES)} "
-            f"in {root / 'MNIST' / 'raw'}/ (or set HELPERS_MNIST_ROOT, or pass root=); "
-            f'or use source="bundled" for the 5,000-image subset shipped with this package.'
-        ) from error
+    dataset = MNIST(root, train=train, download=download)
     images, labels = dataset.data.numpy(), dataset.targets.numpy()
     images.flags.writeable = labels.flags.writeable = False
     return images, labels

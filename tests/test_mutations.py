@@ -1,0 +1,59 @@
+"""The reference test must catch real mistakes.
+
+Each case copies helpers/ into a temporary folder, makes one plausible mistake in its
+source, and runs tests/test_reference.py against the mutated copy: it must fail.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MUTATIONS = {
+    "compose psi then phi": (
+        "registration.py",
+        "compose(phi, step.transform)",
+        "compose(step.transform, phi)",
+    ),
+    "zeros padding": ("warping.py", 'padding_mode="border"', 'padding_mode="zeros"'),
+    "similarity without the factor 2": (
+        "losses.py",
+        "similarity_loss = 2 * similarity_per_pair",
+        "similarity_loss = similarity_per_pair",
+    ),
+    "align_corners=False": ("warping.py", "align_corners=True,", "align_corners=False,"),
+    "warp of a warp": (
+        "registration.py",
+        "for step in self.netPsi.steps(warped, fixed)",
+        "for step in self.netPsi.steps(as_function(warped)(phi(self.identity_map)), fixed)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_reference_test_fails_on_mutation(name, tmp_path):
+    filename, original, mutated = MUTATIONS[name]
+    shutil.copytree(ROOT / "helpers", tmp_path / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "tests" / "data", tmp_path / "tests" / "data")
+    shutil.copy(ROOT / "tests" / "test_reference.py", tmp_path / "tests")
+    source = tmp_path / "helpers" / filename
+    text = source.read_text()
+    assert text.count(original) == 1, f"mutation {name!r} no longer applies to helpers/{filename}"
+    source.write_text(text.replace(original, mutated))
+
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import helpers; print(helpers.__file__)"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert Path(imported).is_relative_to(tmp_path), f"the mutated copy was not the one imported: {imported}"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_reference.py"],
+        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, f"the reference test passed despite {name!r}:\n{result.stdout[-2000:]}"
