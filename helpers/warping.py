@@ -31,7 +31,7 @@ def interpolate(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor
         raise ValueError(f"batch sizes differ: values {batch_v}, coordinates {batch_c}")
     batch = max(batch_v, batch_c)
     # grid_sample wants (x = column, y = row) in [-1, 1], channels last.
-    grid = (coordinates * 2.0 - 1.0).flip(1).permute(0, 2, 3, 1)
+    grid = torch.stack((coordinates[:, 1], coordinates[:, 0]), dim=-1) * 2.0 - 1.0
     return F.grid_sample(
         values.expand(batch, -1, -1, -1),
         grid.expand(batch, -1, -1, -1),

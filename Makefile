@@ -1,0 +1,31 @@
+# Two commands (see README):  `make run`  and  `make test`.
+# Both create a project-local virtual environment in .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test setup benchmark clean-venv
+
+setup: $(STAMP)
+
+# Reinstall whenever the dependency list changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[notebooks,test]"
+	touch $(STAMP)
+
+# The main job: execute every notebook in order, in place (regenerating figures/),
+# then a short training run that prints its numbers.
+run: $(STAMP)
+	$(PY) scripts/run_notebooks.py
+	$(PY) scripts/quick_train.py
+
+# Every test: unit tests in tests/ and every notebook under nbval (see pyproject).
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,170 @@
+"""Training: Adam over random pairs of one digit, and checkpoints that know their config.
+
+    result = train(TrainConfig(digit=5, steps=3000, seed=0))
+    save_checkpoint("fives.pt", result)
+    net = load_checkpoint("fives.pt").net
+
+Seeded and deterministic on the CPU (the same config gives the same weights, bit for
+bit, on the same machine and torch version); uses CUDA when it is available.
+"""
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import load_digits, random_pairs
+from .losses import BendingLoss, DiffusionRegularizedNet
+from .models import inner_fcnet, post_network
+
+CHECKPOINT_FORMAT = "helpers-registration-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and so a checkpoint).
+
+    The defaults are the post's: the FCNet acting 9 times, λ = 0.05, Adam with learning
+    rate 1e-3 on batches of 128 random pairs of training-split 5s.
+    `grad_clip` caps the global gradient norm before each Adam step (None: no cap).
+    """
+
+    digit: int = 5
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lmbda: float = 0.05
+    registration_steps: int = 9
+    grad_clip: float | None = None
+    seed: int = 0
+    split: str = "train"
+    source: str = "bundled"
+
+    def __post_init__(self):
+        for name in ("digit", "steps", "batch_size", "registration_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"TrainConfig.{name} must be an int, got {value!r}")
+        if self.steps < 0 or self.batch_size < 1 or self.registration_steps < 1:
+            raise ValueError(f"TrainConfig needs steps >= 0, batch_size >= 1, registration_steps >= 1: {self}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if self.grad_clip is not None and not (
+            isinstance(self.grad_clip, (int, float)) and math.isfinite(self.grad_clip) and self.grad_clip > 0
+        ):
+            raise ValueError(f"TrainConfig.grad_clip must be None or a finite number > 0, got {self.grad_clip!r}")
+
+
+class TrainResult(NamedTuple):
+    """The trained network (in eval mode, on the CPU), its config, and its history.
+
+    history maps each loss field, and "grad_norm" (before any clipping), to a float64
+    tensor [steps] of per-step values on the training batches.
+    """
+
+    net: DiffusionRegularizedNet
+    config: TrainConfig
+    history: dict
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_network(config: TrainConfig) -> DiffusionRegularizedNet:
+    """A fresh network for `config`, initialised from `config.seed`."""
+    torch.manual_seed(config.seed)
+    return post_network(size=28, lmbda=config.lmbda, steps=config.registration_steps)
+
+
+def train(
+    config: TrainConfig = TrainConfig(),
+    images: torch.Tensor | None = None,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the post's network from scratch with Adam on random pairs.
+
+    images: [N, 1, 28, 28] to draw pairs from; default `load_digits(config.digit,
+    config.split, source=config.source)`. Shows a tqdm progress bar (terminal or
+    notebook) unless `progress=False`.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if images is None:
+        images = load_digits(config.digit, config.split, source=config.source)
+    images = images.to(device)
+    net = build_network(config).to(device)
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    pairs = torch.Generator().manual_seed(config.seed)
+    fields = list(BendingLoss._fields) + ["grad_norm"]
+    history = torch.zeros(len(fields), config.steps, dtype=torch.float64)
+
+    bar = tqdm(range(config.steps), desc=f"training on {config.digit}s", disable=not progress, mininterval=0.5)
+    for step in bar:
+        moving, fixed = random_pairs(images, config.batch_size, pairs)
+        loss = net(moving, fixed)
+        optimizer.zero_grad(set_to_none=True)
+        loss.all_loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            net.parameters(), config.grad_clip if config.grad_clip is not None else math.inf
+        )
+        optimizer.step()
+        history[:, step] = torch.stack([*(value.detach() for value in loss), grad_norm]).double().cpu()
+        if step % 50 == 0 or step == config.steps - 1:
+            bar.set_postfix(loss=f"{history[0, step]:.4f}", refresh=False)
+    net.eval()
+    return TrainResult(net.cpu(), config, dict(zip(fields, history)))
+
+
+def save_checkpoint(path: str | os.PathLike, result: TrainResult) -> None:
+    """Write the inner network's weights with the config and history that produced them."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "config": dataclasses.asdict(result.config),
+        "fcnet": {name: tensor.detach().cpu() for name, tensor in inner_fcnet(result.net).state_dict().items()},
+        "history": {name: values.cpu() for name, values in result.history.items()},
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is unreadable, of another format or version, or inconsistent."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> TrainResult:
+    """Read a checkpoint written by `save_checkpoint`; raise CheckpointError if it is not one."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT!r} file")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {payload.get('format_version')!r}; this helpers reads "
+            f"version {CHECKPOINT_VERSION}. Re-create it with the scripts that made it."
+        )
+    try:
+        config = TrainConfig(**payload["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has an invalid config: {error}") from error
+    net = build_network(config)
+    try:
+        inner_fcnet(net).load_state_dict(payload["fcnet"])
+    except (KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: weights do not fit the network its config describes: {error}") from error
+    net.eval()
+    return TrainResult(net, config, dict(payload.get("history", {})))

@@ -1,0 +1,39 @@
+"""Execute every numbered notebook in notebooks/, in order, in place, each in a fresh kernel.
+
+This is the main job behind `make run`: the notebooks write their figures into figures/,
+so running them regenerates those too. Exits non-zero if any cell fails.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def execute(path: Path) -> float:
+    notebook = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    NotebookClient(
+        notebook, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    nbformat.write(notebook, path)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if not paths:
+        print("no notebooks in notebooks/ yet: nothing to execute")
+    for path in paths:
+        print(f"executing {path.relative_to(ROOT)} ...", flush=True)
+        print(f"  done in {execute(path):.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

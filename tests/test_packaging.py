@@ -1,0 +1,56 @@
+"""The project's own files agree with each other: dependencies, package data, notebooks."""
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_TO_PYPI = {"pytorch": "torch"}
+
+
+def split_requirement(requirement: str) -> tuple[str, str]:
+    name, spec = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*(.*)", requirement).groups()
+    return name.lower().replace("_", "-"), spec.replace(" ", "")
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    from_pyproject = dict(map(split_requirement, project["dependencies"]))
+    for extra in project["optional-dependencies"].values():
+        from_pyproject.update(map(split_requirement, extra))
+
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [entry for entry in environment["dependencies"] if isinstance(entry, str)]
+    from_conda = dict(map(split_requirement, conda))
+    assert from_conda.pop("python") == project["requires-python"]
+    assert from_conda.pop("pip") == ""
+    from_conda = {CONDA_TO_PYPI.get(name, name): spec for name, spec in from_conda.items()}
+    assert from_conda == from_pyproject
+    pip_section = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
+    assert pip_section == ["-e ."]
+
+
+def test_no_exact_torch_pins():
+    """Colab's preinstalled torch must satisfy the requirements as they are."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name, spec = split_requirement(requirement)
+        if name in ("torch", "torchvision"):
+            assert spec.startswith(">=") and "," not in spec, requirement
+
+
+def test_bundled_data_is_package_data():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "helpers.data" in config["packages"]
+    assert "data/*.npz" in config["package-data"]["helpers"]
+
+
+def test_notebooks_are_committed_executed_top_to_bottom():
+    """Execution counts run 1..n with no gaps: one fresh kernel, top to bottom."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        counts = [cell.get("execution_count") for cell in cells if cell["cell_type"] == "code"]
+        assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts {counts}"

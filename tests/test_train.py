@@ -1,0 +1,143 @@
+"""Training: determinism, history, progress bar, and checkpoints that refuse to be misread."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from helpers.data import load_digits
+from helpers.losses import BendingLoss
+from helpers.models import inner_fcnet
+from helpers.train import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train
+
+SMALL = TrainConfig(steps=4, batch_size=8, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fives():
+    return load_digits(5, "train")[:40]
+
+
+@pytest.fixture(scope="module")
+def small_run(fives):
+    return train(SMALL, fives, device="cpu", progress=False)
+
+
+def weights(result):
+    return inner_fcnet(result.net).state_dict()
+
+
+def test_history_has_every_loss_field_per_step(small_run):
+    assert list(small_run.history) == list(BendingLoss._fields) + ["grad_norm"]
+    for name, values in small_run.history.items():
+        assert values.shape == (SMALL.steps,) and torch.isfinite(values).all(), name
+    # The first step starts from the identity: no deformation yet.
+    assert small_run.history["bending_energy_loss"][0] == 0
+    assert small_run.history["all_loss"][0] == small_run.history["similarity_loss"][0] > 0
+
+
+def test_training_is_deterministic(fives, small_run):
+    again = train(SMALL, fives, device="cpu", progress=False)
+    for name, tensor in weights(small_run).items():
+        assert torch.equal(tensor, weights(again)[name]), name
+    for name, values in small_run.history.items():
+        assert torch.equal(values, again.history[name]), name
+
+
+def test_another_seed_trains_another_network(fives, small_run):
+    other = train(dataclasses.replace(SMALL, seed=4), fives, device="cpu", progress=False)
+    assert not torch.equal(weights(small_run)["dense1.weight"], weights(other)["dense1.weight"])
+
+
+def test_training_lowers_the_loss(fives):
+    result = train(TrainConfig(steps=60, batch_size=32, seed=0), fives, device="cpu", progress=False)
+    loss = result.history["all_loss"]
+    assert loss[-10:].mean() < 0.7 * loss[:10].mean()
+    assert not result.net.training
+
+
+def test_progress_bar_is_shown(fives, capsys):
+    train(dataclasses.replace(SMALL, steps=2), fives, device="cpu", progress=True)
+    assert "training on 5s" in capsys.readouterr().err
+
+
+def test_grad_clip_caps_the_gradient_before_adam(fives, monkeypatch):
+    seen = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(torch.cat([p.grad.flatten() for group in self.param_groups for p in group["params"]]).norm())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    result = train(dataclasses.replace(SMALL, grad_clip=0.01), fives, device="cpu", progress=False)
+    assert (result.history["grad_norm"] > 0.01).all()  # recorded before clipping
+    assert all(norm <= 0.01 * (1 + 1e-5) for norm in seen)
+
+
+def test_checkpoint_round_trip(small_run, tmp_path, fives):
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, small_run)
+    loaded = load_checkpoint(path)
+    assert loaded.config == small_run.config
+    for name, tensor in weights(small_run).items():
+        assert torch.equal(tensor, weights(loaded)[name]), name
+    for name, values in small_run.history.items():
+        assert torch.equal(values, loaded.history[name]), name
+    moving, fixed = fives[:4], fives[4:8]
+    with torch.no_grad():
+        assert torch.equal(small_run.net(moving, fixed).all_loss, loaded.net(moving, fixed).all_loss)
+
+
+def test_corrupt_checkpoint(small_run, tmp_path):
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, small_run)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def rewrite(path, **changes):
+    payload = torch.load(path, weights_only=True)
+    payload.update(changes)
+    torch.save(payload, path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"format": "something-else"}, "is not a 'helpers-registration-checkpoint' file"),
+        ({"format_version": 99}, "format version 99; this helpers reads version 1"),
+        ({"config": {"digit": 5, "learning_rate": 0.1}}, "invalid config"),
+        ({"config": {"digit": 5, "lr": -1.0}}, "invalid config.*lr must be"),
+        ({"fcnet": {"dense1.weight": torch.zeros(3, 3)}}, "weights do not fit"),
+    ],
+)
+def test_mismatched_checkpoint(small_run, tmp_path, changes, message):
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, small_run)
+    rewrite(path, **changes)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_weights_for_another_architecture(small_run, tmp_path):
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, small_run)
+    payload = torch.load(path, weights_only=True)
+    payload["fcnet"]["dense2.weight"] = torch.zeros(60, 50)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="size mismatch"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"digit": 5.0}],
+)
+def test_bad_config(changes):
+    with pytest.raises(ValueError, match="TrainConfig"):
+        TrainConfig(**changes)
