@@ -24,6 +24,7 @@ from .models import inner_fcnet, post_network
 
 CHECKPOINT_FORMAT = "helpers-registration-checkpoint"
 CHECKPOINT_VERSION = 1
+GUARD_WINDOW = 100  # steps of gradient-norm history the spike guard compares against
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class TrainConfig:
     The defaults are the post's: the FCNet acting 9 times, λ = 0.05, Adam with learning
     rate 1e-3 on batches of 128 random pairs of training-split 5s.
     `grad_clip` caps the global gradient norm before each Adam step (None: no cap).
+    `spike_guard` skips the Adam step when the gradient norm exceeds that multiple of the
+    median norm of the previous `GUARD_WINDOW` steps (None: never skip); see
+    benchmarks/STABILITY.md for why.
     """
 
     digit: int = 5
@@ -42,6 +46,7 @@ class TrainConfig:
     lmbda: float = 0.05
     registration_steps: int = 9
     grad_clip: float | None = None
+    spike_guard: float | None = 3.0
     seed: int = 0
     split: str = "train"
     source: str = "bundled"
@@ -55,17 +60,18 @@ class TrainConfig:
             raise ValueError(f"TrainConfig needs steps >= 0, batch_size >= 1, registration_steps >= 1: {self}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
-        if self.grad_clip is not None and not (
-            isinstance(self.grad_clip, (int, float)) and math.isfinite(self.grad_clip) and self.grad_clip > 0
-        ):
-            raise ValueError(f"TrainConfig.grad_clip must be None or a finite number > 0, got {self.grad_clip!r}")
+        for name in ("grad_clip", "spike_guard"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"TrainConfig.{name} must be None or a finite number > 0, got {value!r}")
 
 
 class TrainResult(NamedTuple):
     """The trained network (in eval mode, on the CPU), its config, and its history.
 
-    history maps each loss field, and "grad_norm" (before any clipping), to a float64
-    tensor [steps] of per-step values on the training batches.
+    history maps each loss field, "grad_norm" (before any clipping) and "skipped" (1 where
+    the spike guard skipped the update) to a float64 tensor [steps] of per-step values on
+    the training batches.
     """
 
     net: DiffusionRegularizedNet
@@ -104,7 +110,7 @@ def train(
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     pairs = torch.Generator().manual_seed(config.seed)
-    fields = list(BendingLoss._fields) + ["grad_norm"]
+    fields = list(BendingLoss._fields) + ["grad_norm", "skipped"]
     history = torch.zeros(len(fields), config.steps, dtype=torch.float64)
 
     bar = tqdm(range(config.steps), desc=f"training on {config.digit}s", disable=not progress, mininterval=0.5)
@@ -116,12 +122,21 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(
             net.parameters(), config.grad_clip if config.grad_clip is not None else math.inf
         )
-        optimizer.step()
-        history[:, step] = torch.stack([*(value.detach() for value in loss), grad_norm]).double().cpu()
+        recent = history[-2, max(0, step - GUARD_WINDOW) : step]
+        skip = config.spike_guard is not None and is_spike(float(grad_norm), recent, config.spike_guard)
+        if not skip:
+            optimizer.step()
+        values = [*(value.detach() for value in loss), grad_norm, torch.tensor(float(skip))]
+        history[:, step] = torch.stack([value.to(grad_norm.device) for value in values]).double().cpu()
         if step % 50 == 0 or step == config.steps - 1:
             bar.set_postfix(loss=f"{history[0, step]:.4f}", refresh=False)
     net.eval()
     return TrainResult(net.cpu(), config, dict(zip(fields, history)))
+
+
+def is_spike(grad_norm: float, recent: torch.Tensor, factor: float) -> bool:
+    """True when `grad_norm` exceeds `factor` × the median of `recent` norms (≥ 20 of them)."""
+    return len(recent) >= 20 and grad_norm > factor * float(recent.median())
 
 
 def save_checkpoint(path: str | os.PathLike, result: TrainResult) -> None:

@@ -8,7 +8,7 @@ import torch
 from helpers.data import load_digits
 from helpers.losses import BendingLoss
 from helpers.models import inner_fcnet
-from helpers.train import CheckpointError, TrainConfig, load_checkpoint, save_checkpoint, train
+from helpers.train import CheckpointError, TrainConfig, is_spike, load_checkpoint, save_checkpoint, train
 
 SMALL = TrainConfig(steps=4, batch_size=8, seed=3)
 
@@ -28,7 +28,7 @@ def weights(result):
 
 
 def test_history_has_every_loss_field_per_step(small_run):
-    assert list(small_run.history) == list(BendingLoss._fields) + ["grad_norm"]
+    assert list(small_run.history) == list(BendingLoss._fields) + ["grad_norm", "skipped"]
     for name, values in small_run.history.items():
         assert values.shape == (SMALL.steps,) and torch.isfinite(values).all(), name
     # The first step starts from the identity: no deformation yet.
@@ -73,6 +73,25 @@ def test_grad_clip_caps_the_gradient_before_adam(fives, monkeypatch):
     result = train(dataclasses.replace(SMALL, grad_clip=0.01), fives, device="cpu", progress=False)
     assert (result.history["grad_norm"] > 0.01).all()  # recorded before clipping
     assert all(norm <= 0.01 * (1 + 1e-5) for norm in seen)
+
+
+def test_spike_detection():
+    calm = torch.full((50,), 0.3, dtype=torch.float64)
+    assert is_spike(1.0, calm, 3.0) and not is_spike(0.8, calm, 3.0)
+    assert not is_spike(100.0, calm[:19], 3.0)  # too little history to judge
+
+
+def test_spike_guard_skips_the_update(fives):
+    """A guard so strict that every step after the first 20 counts as a spike freezes the weights."""
+    strict = dataclasses.replace(SMALL, steps=24, spike_guard=1e-6)
+    frozen = train(strict, fives, device="cpu", progress=False)
+    assert frozen.history["skipped"].tolist() == [0.0] * 20 + [1.0] * 4
+    first_20 = train(dataclasses.replace(strict, steps=20), fives, device="cpu", progress=False)
+    for name, tensor in weights(first_20).items():
+        assert torch.equal(tensor, weights(frozen)[name]), name
+    unguarded = train(dataclasses.replace(strict, spike_guard=None), fives, device="cpu", progress=False)
+    assert not unguarded.history["skipped"].any()
+    assert not torch.equal(weights(unguarded)["dense1.weight"], weights(frozen)["dense1.weight"])
 
 
 def test_checkpoint_round_trip(small_run, tmp_path, fives):
@@ -136,7 +155,7 @@ def test_weights_for_another_architecture(small_run, tmp_path):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"digit": 5.0}],
+    [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0}],
 )
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
