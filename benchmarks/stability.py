@@ -1,0 +1,106 @@
+"""Stability of long training runs, with and without the spike guard.
+
+Trains the post's configuration (Adam, lr 1e-3, batch 128, training 5s, λ = 0.05) for
+several seeds past step 2,600, once with `spike_guard=None` and once with the default
+guard, each run in its own single-threaded process, and writes a table to STABILITY.md.
+
+    python benchmarks/stability.py                       # 3 seeds × 4000 steps × {none, 3}
+    python benchmarks/stability.py --summarize DIR       # only re-read histories in DIR
+
+It takes about 0.2-0.3 s per step per process on a 2-core machine: budget an hour.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def history_path(directory: Path, seed: int, guard: str, steps: int) -> Path:
+    return directory / f"hist_s{seed}_g{guard}_n{steps}.npz"
+
+
+def run(directory: Path, seed: int, guard: str, steps: int) -> Path:
+    import torch
+
+    torch.set_num_threads(1)
+    from helpers.train import TrainConfig, train
+
+    config = TrainConfig(steps=steps, seed=seed, spike_guard=None if guard == "none" else float(guard))
+    result = train(config, progress=False)
+    path = history_path(directory, seed, guard, steps)
+    np.savez(path, **{name: values.numpy() for name, values in result.history.items()})
+    return path
+
+
+def summarize_run(history) -> dict:
+    """Numbers that tell a stable run from an unstable one."""
+    loss = history["all_loss"]
+    windows = loss[: len(loss) // 100 * 100].reshape(-1, 100).mean(1)  # 100-step means
+    best_so_far = np.minimum.accumulate(windows)
+    worst_jump = float((windows[1:] / best_so_far[:-1]).max())
+    return {
+        "final": float(loss[-200:].mean()),
+        "max_after_1000": float(loss[1000:].max()) if len(loss) > 1000 else float("nan"),
+        "worst_jump": worst_jump,  # a 100-step mean over the best earlier one: > 1 means the loss went back up
+        "diverged": bool(loss[1000:].max() > 10 * np.median(loss[-1000:])) if len(loss) > 1000 else False,
+        "skipped": int(history["skipped"].sum()) if "skipped" in history else 0,
+        "spikes": int((history["grad_norm"][20:] > 3 * np.median(history["grad_norm"])).sum()),
+    }
+
+
+def write_report(directory: Path, out: Path) -> str:
+    rows = []
+    for path in sorted(directory.glob("hist_s*_g*_n*.npz")):
+        seed, guard, steps = path.stem[len("hist_") :].split("_")
+        with np.load(path) as data:
+            summary = summarize_run({key: data[key] for key in data.files})
+        rows.append((int(seed[1:]), guard[1:], int(steps[1:]), summary))
+    lines = [
+        "# Stability of long training runs",
+        "",
+        f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; written by `python benchmarks/stability.py`.",
+        "",
+        "| seed | spike guard | steps | final loss (last 200) | max loss after step 1000 | worst 100-step jump | diverged | skipped updates | steps with grad norm > 3× median |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for seed, guard, steps, s in sorted(rows):
+        lines.append(
+            f"| {seed} | {guard} | {steps} | {s['final']:.4f} | {s['max_after_1000']:.4f} | "
+            f"{s['worst_jump']:.3f} | {'yes' if s['diverged'] else 'no'} | {s['skipped']} | {s['spikes']} |"
+        )
+    table = "\n".join(lines) + "\n"
+    out.write_text(table)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--guards", nargs="+", default=["none", "3"])
+    parser.add_argument("--dir", type=Path, default=HERE / "stability_runs")
+    parser.add_argument("--summarize", type=Path, help="only summarise the histories in this folder")
+    parser.add_argument("--out", type=Path, default=HERE / "STABILITY_RUNS.md")
+    args = parser.parse_args()
+
+    if args.summarize is None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        jobs = [(args.dir, seed, guard, args.steps) for seed in args.seeds for guard in args.guards]
+        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+            for path in pool.map(run, *zip(*jobs)):
+                print("wrote", path, flush=True)
+    print(write_report(args.summarize or args.dir, args.out))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))
+    main()

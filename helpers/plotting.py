@@ -1,0 +1,147 @@
+"""Plotting: images, deformation grids, per-step small multiples, loss curves, saved figures.
+
+Images are shown in pixel coordinates with row 0 at the top, like `imshow`. A transform
+φ on the grid ([2, H, W], coordinates in [0, 1]) is drawn as the image of the regular
+pixel grid under φ: line i joins φ(i, 0), φ(i, 1), ...; a regular lattice means identity.
+Since the moving image is *sampled* at φ(x), the lattice shows where each fixed-image
+pixel fetches its value from in the moving image.
+"""
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .losses import BendingLoss
+
+CMAP = "gray"
+DIFF_CMAP = "RdBu_r"
+
+
+def figures_dir() -> Path:
+    """Where figures go: $HELPERS_FIGURES, else the nearest `figures/` folder at or above
+    the working directory (the repository's, when run from notebooks/), else ./figures."""
+    if "HELPERS_FIGURES" in os.environ:
+        return Path(os.environ["HELPERS_FIGURES"])
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / "figures").is_dir():
+            return folder / "figures"
+    return Path.cwd() / "figures"
+
+
+def save_figure(fig, name: str) -> Path:
+    """Save `fig` as figures/NAME.png (NAME: notebook number and content, e.g. '03_loss_curves')."""
+    path = figures_dir() / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def to_numpy(tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
+
+
+def show_image(ax, image, title: str = "", vmin=0.0, vmax=1.0, cmap=CMAP):
+    """Draw an image [1, H, W] or [H, W] with pixel axes; returns the AxesImage."""
+    image = to_numpy(image).reshape(to_numpy(image).shape[-2:])
+    artist = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return artist
+
+
+def show_difference(ax, warped, fixed, title: str = "warped − fixed"):
+    """Signed difference, red where the warped image is brighter, blue where the fixed one is."""
+    return show_image(ax, to_numpy(warped) - to_numpy(fixed), title, vmin=-1, vmax=1, cmap=DIFF_CMAP)
+
+
+def grid_lines(phi, every: int = 2):
+    """Polylines (in pixel units: x = column, y = row) of the lattice deformed by φ [2, H, W]."""
+    phi = to_numpy(phi)
+    height, width = phi.shape[1:]
+    rows, cols = phi[0] * (height - 1), phi[1] * (width - 1)
+    horizontal = [(cols[i], rows[i]) for i in range(0, height, every)]
+    vertical = [(cols[:, j], rows[:, j]) for j in range(0, width, every)]
+    return horizontal + vertical
+
+
+def show_grid(ax, phi, title: str = "deformation grid", every: int = 2, background=None):
+    """Draw φ [2, H, W] as a deformed lattice, optionally over an image; returns the lines."""
+    height, width = to_numpy(phi).shape[1:]
+    if background is not None:
+        show_image(ax, background)
+    lines = [ax.plot(x, y, color="tab:orange", lw=0.7)[0] for x, y in grid_lines(phi, every)]
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return lines
+
+
+def show_displacement(ax, displacement, title: str = "displacement", every: int = 2):
+    """Arrows of a displacement field [2, H, W] (coordinate units), drawn in pixels."""
+    displacement = to_numpy(displacement)
+    height, width = displacement.shape[1:]
+    rows, cols = np.mgrid[0:height:every, 0:width:every]
+    d_row = displacement[0, ::every, ::every] * (height - 1)
+    d_col = displacement[1, ::every, ::every] * (width - 1)
+    arrows = ax.quiver(cols, rows, d_col, d_row, angles="xy", scale_units="xy", scale=1, color="tab:blue", width=0.006)
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    return arrows
+
+
+def plot_registration(moving, fixed, warped, phi, title: str = ""):
+    """One pair: moving, fixed, warped, difference and grid, side by side."""
+    fig, axes = plt.subplots(1, 5, figsize=(11, 2.6))
+    show_image(axes[0], moving, "moving")
+    show_image(axes[1], fixed, "fixed")
+    show_image(axes[2], warped, "warped moving")
+    show_difference(axes[3], warped, fixed)
+    show_grid(axes[4], phi, background=moving)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_steps(trace, fixed, pair: int = 0, title: str = ""):
+    """Small multiples of one pair through every step: warped image, difference, grid."""
+    steps = trace.warped.shape[0]
+    fig, axes = plt.subplots(3, steps, figsize=(1.25 * steps, 4.2))
+    similarity, flips = to_numpy(trace.similarity[:, pair]), to_numpy(trace.flips[:, pair])
+    for k in range(steps):
+        show_image(axes[0, k], trace.warped[k, pair], f"step {k}\nsim {similarity[k]:.3f}")
+        show_difference(axes[1, k], trace.warped[k, pair], fixed[pair], "")
+        show_grid(axes[2, k], trace.phi[k, pair], f"folds {flips[k]:.0f}", every=3)
+    axes[0, 0].set_ylabel("warped", fontsize=9)
+    axes[1, 0].set_ylabel("− fixed", fontsize=9)
+    axes[2, 0].set_ylabel("grid", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict, title: str = "training", smooth: int = 25):
+    """Every loss field against the training step, raw (faint) and as a running mean."""
+    fields = list(BendingLoss._fields)
+    fig, axes = plt.subplots(1, len(fields), figsize=(3.0 * len(fields), 2.6))
+    for ax, name in zip(axes, fields):
+        values = to_numpy(history[name])
+        ax.plot(values, color="tab:blue", alpha=0.25, lw=0.6)
+        if len(values) >= smooth:
+            running = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+            ax.plot(np.arange(smooth - 1, len(values)), running, color="tab:blue", lw=1.4)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("training step")
+    axes[0].set_ylabel("batch mean")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
