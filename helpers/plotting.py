@@ -129,7 +129,7 @@ def plot_steps(trace, fixed, pair: int = 0, title: str = ""):
     return fig
 
 
-def plot_history(history: dict, title: str = "training", smooth: int = 25):
+def plot_history(history: dict, title: str = "training", smooth: int = 25, xlabel: str = "training step"):
     """Every loss field against the training step, raw (faint) and as a running mean."""
     fields = list(BendingLoss._fields)
     fig, axes = plt.subplots(1, len(fields), figsize=(3.0 * len(fields), 2.6))
@@ -140,7 +140,7 @@ def plot_history(history: dict, title: str = "training", smooth: int = 25):
             running = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
             ax.plot(np.arange(smooth - 1, len(values)), running, color="tab:blue", lw=1.4)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("training step")
+        ax.set_xlabel(xlabel)
     axes[0].set_ylabel("batch mean")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
