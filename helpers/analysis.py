@@ -1,9 +1,11 @@
 """Analysis probes: looking inside a multi-step registration, one step at a time."""
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 
+from . import warping
 from .losses import BendingLoss, DiffusionRegularizedNet
 
 
@@ -55,3 +57,36 @@ def trace_steps(net: DiffusionRegularizedNet, moving: torch.Tensor, fixed: torch
         phi=torch.stack([r.phi_AB_vectorfield for r in results]),
         losses=BendingLoss(*(torch.stack(field) for field in zip(*(r.losses for r in results)))),
     )
+
+
+@contextlib.contextmanager
+def count_calls(module: torch.nn.Module):
+    """Count forward calls of `module` inside the block: `with count_calls(m) as calls: ...; calls[0]`."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def count_interpolations():
+    """Count calls of `helpers.warping.interpolate` (every image warp and every evaluation of
+    a displacement field) inside the block; yields a one-element list."""
+    calls = [0]
+    original = warping.interpolate
+
+    def counting(values, coordinates):
+        calls[0] += 1
+        return original(values, coordinates)
+
+    warping.interpolate = counting
+    try:
+        yield calls
+    finally:
+        warping.interpolate = original

@@ -145,3 +145,22 @@ def plot_history(history: dict, title: str = "training", smooth: int = 25, xlabe
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_calls(trace, fixed, pair: int = 0, title: str = ""):
+    """What each call of the inner network sees: call k gets A ∘ Φ_{k−1} and B.
+
+    Φ_{k−1} is the composition of the first k−1 steps (Φ_0 = identity)."""
+    calls = trace.warped.shape[0] - 1
+    fig, axes = plt.subplots(1, calls + 1, figsize=(1.3 * (calls + 1), 2.3))
+    for k in range(calls):
+        show_image(axes[k], trace.warped[k, pair], f"call {k + 1} sees\nA ∘ Φ{k}")
+        if k:
+            axes[k].annotate("", xy=(-0.02, 0.5), xytext=(-0.28, 0.5), xycoords="axes fraction",
+                             arrowprops={"arrowstyle": "->", "color": "tab:orange"})
+    show_image(axes[-1], fixed[pair], "and every call\nsees B")
+    fig.subplots_adjust(bottom=0.2, top=0.72)
+    fig.text(0.5, 0.06, "Φk = Φk−1 ∘ ψk, so after nine calls Φ9 = ψ1 ∘ ψ2 ∘ … ∘ ψ9 "
+             "(each ψk = id + Dk acts on the coordinates first)", ha="center", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -127,3 +127,17 @@ def test_gradients_flow_through_the_trace(perturbed_net):
     grad = inner_fcnet(perturbed_net).dense1.weight.grad
     assert grad is not None and math.isfinite(grad.norm().item()) and grad.norm() > 0
     perturbed_net.zero_grad()
+
+
+@pytest.mark.parametrize("steps, interpolations", [(1, 2), (2, 5), (9, 54)])
+def test_interpolations_grow_quadratically_with_steps(steps, interpolations):
+    """Level k re-evaluates all k earlier displacement fields, then warps A once."""
+    from helpers.analysis import count_calls, count_interpolations
+
+    inner = icon.FunctionFromVectorField(FCNet())
+    net = icon.losses.DiffusionRegularizedNet(multistep(inner, steps), icon.ssd, lmbda=0.05)
+    net.assign_identity_map((1, 1, 28, 28))
+    with torch.no_grad(), count_calls(inner.net) as calls, count_interpolations() as interpolated:
+        net(random_images(2), random_images(2, seed=3))
+    assert calls[0] == steps
+    assert interpolated[0] == interpolations == steps * (steps + 1) // 2 + steps
