@@ -31,18 +31,22 @@ def run(directory: Path, seed: int, guard: str, steps: int) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    from helpers.train import TrainConfig, train
+    from helpers.train import TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(steps=steps, seed=seed, spike_guard=None if guard == "none" else float(guard))
-    result = train(config, progress=False)
+    try:
+        history = train(config, progress=False).history
+    except TrainingDiverged as diverged:  # keep the history up to the failure
+        history = diverged.history
     path = history_path(directory, seed, guard, steps)
-    np.savez(path, **{name: values.numpy() for name, values in result.history.items()})
+    np.savez(path, **{name: values.numpy() for name, values in history.items()})
     return path
 
 
-def summarize_run(history) -> dict:
+def summarize_run(history, steps: int) -> dict:
     """Numbers that tell a stable run from an unstable one."""
     loss = history["all_loss"]
+    completed = len(loss)
     windows = loss[: len(loss) // 100 * 100].reshape(-1, 100).mean(1)  # 100-step means
     best_so_far = np.minimum.accumulate(windows)
     worst_jump = float((windows[1:] / best_so_far[:-1]).max())
@@ -50,7 +54,8 @@ def summarize_run(history) -> dict:
         "final": float(loss[-200:].mean()),
         "max_after_1000": float(loss[1000:].max()) if len(loss) > 1000 else float("nan"),
         "worst_jump": worst_jump,  # a 100-step mean over the best earlier one: > 1 means the loss went back up
-        "diverged": bool(loss[1000:].max() > 10 * np.median(loss[-1000:])) if len(loss) > 1000 else False,
+        "completed": completed,
+        "diverged": completed < steps or bool(loss[1000:].max() > 10 * np.median(loss[-1000:])),
         "skipped": int(history["skipped"].sum()) if "skipped" in history else 0,
         "spikes": int((history["grad_norm"][20:] > 3 * np.median(history["grad_norm"])).sum()),
     }
@@ -61,7 +66,7 @@ def write_report(directory: Path, out: Path) -> str:
     for path in sorted(directory.glob("hist_s*_g*_n*.npz")):
         seed, guard, steps = path.stem[len("hist_") :].split("_")
         with np.load(path) as data:
-            summary = summarize_run({key: data[key] for key in data.files})
+            summary = summarize_run({key: data[key] for key in data.files}, int(steps[1:]))
         rows.append((int(seed[1:]), guard[1:], int(steps[1:]), summary))
     lines = [
         "# Stability of long training runs",
@@ -69,12 +74,12 @@ def write_report(directory: Path, out: Path) -> str:
         f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; written by `python benchmarks/stability.py`.",
         "",
-        "| seed | spike guard | steps | final loss (last 200) | max loss after step 1000 | worst 100-step jump | diverged | skipped updates | steps with grad norm > 3× median |",
+        "| seed | spike guard | steps completed | final loss (last 200) | max loss after step 1000 | worst 100-step jump | diverged | skipped updates | steps with grad norm > 3× median |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for seed, guard, steps, s in sorted(rows):
         lines.append(
-            f"| {seed} | {guard} | {steps} | {s['final']:.4f} | {s['max_after_1000']:.4f} | "
+            f"| {seed} | {guard} | {s['completed']} of {steps} | {s['final']:.4f} | {s['max_after_1000']:.4f} | "
             f"{s['worst_jump']:.3f} | {'yes' if s['diverged'] else 'no'} | {s['skipped']} | {s['spikes']} |"
         )
     table = "\n".join(lines) + "\n"

@@ -100,16 +100,26 @@ def show_displacement(ax, displacement, title: str = "displacement", every: int 
     return arrows
 
 
-def plot_registration(moving, fixed, warped, phi, title: str = ""):
-    """One pair: moving, fixed, warped, difference and grid, side by side."""
-    fig, axes = plt.subplots(1, 5, figsize=(11, 2.6))
-    show_image(axes[0], moving, "moving")
-    show_image(axes[1], fixed, "fixed")
-    show_image(axes[2], warped, "warped moving")
-    show_difference(axes[3], warped, fixed)
-    show_grid(axes[4], phi, background=moving)
+def plot_registrations(moving, fixed, warped, phi, title: str = ""):
+    """One row per pair ([n, 1, H, W] images, [n, 2, H, W] grids): moving, fixed, warped,
+    difference, and the deformation grid over the moving image."""
+    rows = len(moving)
+    fig, axes = plt.subplots(rows, 5, figsize=(10, 2.2 * rows + 0.4), squeeze=False)
+    for row in range(rows):
+        titles = ["moving", "fixed", "warped moving", "warped − fixed", "deformation grid"] if row == 0 else [""] * 5
+        show_image(axes[row, 0], moving[row], titles[0])
+        show_image(axes[row, 1], fixed[row], titles[1])
+        show_image(axes[row, 2], warped[row], titles[2])
+        show_difference(axes[row, 3], warped[row], fixed[row], titles[3])
+        show_grid(axes[row, 4], phi[row], titles[4], background=moving[row])
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig
+
+
+def plot_registration(moving, fixed, warped, phi, title: str = ""):
+    """One pair ([1, H, W] images, [2, H, W] grid): moving, fixed, warped, difference, grid."""
+    return plot_registrations(moving[None], fixed[None], warped[None], phi[None], title)
 
 
 def plot_steps(trace, fixed, pair: int = 0, title: str = ""):
@@ -163,4 +173,28 @@ def plot_calls(trace, fixed, pair: int = 0, title: str = ""):
     fig.text(0.5, 0.06, "Φk = Φk−1 ∘ ψk, so after nine calls Φ9 = ψ1 ∘ ψ2 ∘ … ∘ ψ9 "
              "(each ψk = id + Dk acts on the coordinates first)", ha="center", fontsize=9)
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_step_curves(traces: dict, title: str = ""):
+    """Per-step registration quality for several groups of pairs (label -> StepTrace):
+    the similarity loss relative to step 0 (median and interquartile band over pairs),
+    and the mean number of folded cells."""
+    fig, (ax_similarity, ax_folds) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for label, trace in traces.items():
+        ratio = to_numpy(trace.similarity / trace.similarity[:1])
+        steps = np.arange(ratio.shape[0])
+        low, median, high = np.percentile(ratio, [25, 50, 75], axis=1)
+        (line,) = ax_similarity.plot(steps, median, marker="o", ms=3, label=label)
+        ax_similarity.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        ax_folds.plot(steps, to_numpy(trace.flips).mean(1), marker="o", ms=3, label=label, color=line.get_color())
+    ax_similarity.set_xlabel("registration step k")
+    ax_similarity.set_ylabel("similarity loss / its value at step 0")
+    ax_similarity.set_title("alignment (median, 25–75% band)", fontsize=9)
+    ax_folds.set_xlabel("registration step k")
+    ax_folds.set_ylabel("folded cells per pair (mean)")
+    ax_folds.set_title("folds", fontsize=9)
+    ax_similarity.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig

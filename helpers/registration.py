@@ -116,6 +116,11 @@ class FunctionFromVectorField(RegistrationModule):
                 f"the wrapped network returned a displacement of shape {list(displacement.shape)}, "
                 f"expected {list(expected)}"
             )
+        if not torch.isfinite(displacement).all():
+            # Interpolating at NaN/inf coordinates can crash PyTorch's CPU sampler outright.
+            raise FloatingPointError(
+                "the wrapped network returned NaN or inf displacements: its weights have diverged"
+            )
         yield Step(moving, fixed, displacement, displacement_transform(displacement))
 
 

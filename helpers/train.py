@@ -24,6 +24,7 @@ from .models import inner_fcnet, post_network
 
 CHECKPOINT_FORMAT = "helpers-registration-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINTS = Path(__file__).with_name("checkpoints")  # shipped with the package
 GUARD_WINDOW = 100  # steps of gradient-norm history the spike guard compares against
 
 
@@ -64,6 +65,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"TrainConfig.{name} must be None or a finite number > 0, got {value!r}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training produced non-finite values; `history` holds every step up to the failure."""
+
+    def __init__(self, message: str, history: dict):
+        super().__init__(message)
+        self.history = history
 
 
 class TrainResult(NamedTuple):
@@ -116,7 +125,17 @@ def train(
     bar = tqdm(range(config.steps), desc=f"training on {config.digit}s", disable=not progress, mininterval=0.5)
     for step in bar:
         moving, fixed = random_pairs(images, config.batch_size, pairs)
-        loss = net(moving, fixed)
+        try:
+            loss = net(moving, fixed)
+            if not torch.isfinite(loss.all_loss):
+                raise FloatingPointError(f"the loss is {loss.all_loss.item()}")
+        except FloatingPointError as error:
+            last = history[0, :step][-1].item() if step else float("nan")
+            raise TrainingDiverged(
+                f"training diverged at step {step} (last finite loss {last:.4g}): {error}. "
+                "Try the spike guard (TrainConfig.spike_guard) or a lower learning rate.",
+                dict(zip(fields, history[:, :step])),
+            ) from error
         optimizer.zero_grad(set_to_none=True)
         loss.all_loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -132,6 +151,13 @@ def train(
             bar.set_postfix(loss=f"{history[0, step]:.4f}", refresh=False)
     net.eval()
     return TrainResult(net.cpu(), config, dict(zip(fields, history)))
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the shipped checkpoint `name` lives: helpers/checkpoints/NAME.pt (e.g. "fives")."""
+    if not name.isidentifier():
+        raise ValueError(f"checkpoint names are plain words like 'fives', got {name!r}")
+    return CHECKPOINTS / f"{name}.pt"
 
 
 def is_spike(grad_norm: float, recent: torch.Tensor, factor: float) -> bool:

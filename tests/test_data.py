@@ -256,3 +256,20 @@ def test_random_pairs_rejects_bad_images(images, problem):
 def test_random_pairs_rejects_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match=r"batch_size must be a positive int, got"):
         random_pairs(NUMBERED_IMAGES, batch_size, torch.Generator())
+
+
+def test_evaluation_pairs_are_reproducible_and_never_self_pairs():
+    from helpers.data import evaluation_pairs
+
+    moving, fixed = evaluation_pairs(5, 5, n=500, seed=3)
+    again = evaluation_pairs(5, 5, n=500, seed=3)
+    assert moving.shape == fixed.shape == (500, 1, 28, 28)
+    assert torch.equal(moving, again[0]) and torch.equal(fixed, again[1])
+    assert not (moving == fixed).flatten(1).all(1).any()
+    heldout = load_digits(5, "heldout").flatten(1)
+    assert all((heldout == image).all(1).any() for image in fixed.flatten(1)[:20])
+    sevens = load_digits(7, "heldout").flatten(1)
+    moving_7, fixed_5 = evaluation_pairs(7, 5, n=10)
+    assert all((sevens == image).all(1).any() for image in moving_7.flatten(1))
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        evaluation_pairs(5, 5, n=0)

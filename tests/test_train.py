@@ -8,7 +8,7 @@ import torch
 from helpers.data import load_digits
 from helpers.losses import BendingLoss
 from helpers.models import inner_fcnet
-from helpers.train import CheckpointError, TrainConfig, is_spike, load_checkpoint, save_checkpoint, train
+from helpers.train import CheckpointError, TrainConfig, TrainingDiverged, is_spike, load_checkpoint, save_checkpoint, train
 
 SMALL = TrainConfig(steps=4, batch_size=8, seed=3)
 
@@ -160,3 +160,20 @@ def test_weights_for_another_architecture(small_run, tmp_path):
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
         TrainConfig(**changes)
+
+
+def test_divergence_stops_with_the_history_so_far(fives, monkeypatch):
+    """Weights that turn to NaN end training with a clear error, not a crash in the sampler."""
+    adam_step = torch.optim.Adam.step
+
+    def step_then_poison(self, *args, **kwargs):
+        result = adam_step(self, *args, **kwargs)
+        if self.state[self.param_groups[0]["params"][0]]["step"] == 3:
+            self.param_groups[0]["params"][-1].data.fill_(float("nan"))  # dense3.bias
+        return result
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_poison)
+    with pytest.raises(TrainingDiverged, match="diverged at step 3.*NaN or inf displacements") as caught:
+        train(dataclasses.replace(SMALL, steps=6), fives, device="cpu", progress=False)
+    assert caught.value.history["all_loss"].shape == (3,)
+    assert torch.isfinite(caught.value.history["all_loss"]).all()

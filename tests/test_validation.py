@@ -116,3 +116,14 @@ def test_reading_results_before_any_forward_pass():
 def test_ssd_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="equal shape"):
         icon.ssd(torch.zeros(2, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+
+
+def test_non_finite_network_output_is_an_error_not_a_crash(pair):
+    class Exploded(torch.nn.Module):
+        def forward(self, moving, fixed):
+            return torch.full((moving.shape[0], 2, 28, 28), float("nan"))
+
+    module = icon.FunctionFromVectorField(Exploded())
+    module.assign_identity_map(pair[0].shape)
+    with pytest.raises(FloatingPointError, match="NaN or inf displacements"):
+        module(*pair)

@@ -202,3 +202,23 @@ def _read_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np
     images, labels = dataset.data.numpy(), dataset.targets.numpy()
     images.flags.writeable = labels.flags.writeable = False
     return images, labels
+
+
+def evaluation_pairs(
+    moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` (moving, fixed) pairs drawn from one split, each [n, 1, 28, 28].
+
+    Moving images are digits ``moving_digit``, fixed images ``fixed_digit``; indices are
+    uniform with replacement from a generator seeded with ``seed``, except that a pair never
+    uses the same image twice. The same arguments always give the same pairs.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    moving_pool, fixed_pool = load_digits(moving_digit, split), load_digits(fixed_digit, split)
+    generator = torch.Generator().manual_seed(seed)
+    moving_index = torch.randint(len(moving_pool), (n,), generator=generator)
+    fixed_index = torch.randint(len(fixed_pool) - (moving_digit == fixed_digit), (n,), generator=generator)
+    if moving_digit == fixed_digit:  # skip the moving image itself: shift indices at or above it
+        fixed_index = fixed_index + (fixed_index >= moving_index).long()
+    return moving_pool[moving_index], fixed_pool[fixed_index]
