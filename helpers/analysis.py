@@ -90,3 +90,34 @@ def count_interpolations():
         yield calls
     finally:
         warping.interpolate = original
+
+
+class Drift(NamedTuple):
+    """How the warped images of a trace drift toward one digit, by a classifier's judgement.
+
+    probability:  [K+1, B]  P(digit) of each step's warped image
+    classified:   [K+1, B]  whether the classifier's top class is `digit` at that step
+    became:       [B]       classified as `digit` at some step k >= 1, though not at step 0
+    first_step:   [B]       the first such step (-1 where it never happens)
+    then_left:    [B]       became `digit`, and is no longer classified as it at the last step
+    """
+
+    probability: torch.Tensor
+    classified: torch.Tensor
+    became: torch.Tensor
+    first_step: torch.Tensor
+    then_left: torch.Tensor
+
+
+def drift_toward(probabilities: torch.Tensor, digit: int) -> Drift:
+    """Summarise class probabilities [K+1, B, 10] of every step's warped image (e.g. from
+    `helpers.classifier.predict_proba(model, trace.warped)`) with respect to `digit`."""
+    if probabilities.dim() != 3 or probabilities.shape[-1] != 10:
+        raise ValueError(f"expected probabilities [K+1, B, 10], got {list(probabilities.shape)}")
+    classified = probabilities.argmax(-1) == digit
+    later = classified[1:]
+    became = later.any(0) & ~classified[0]
+    steps = torch.arange(1, classified.shape[0]).unsqueeze(1).expand_as(later)
+    first_step = torch.where(later, steps, classified.shape[0]).amin(0)
+    first_step = torch.where(became, first_step, torch.full_like(first_step, -1))
+    return Drift(probabilities[..., digit], classified, became, first_step, became & ~classified[-1])

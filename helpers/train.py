@@ -1,6 +1,6 @@
 """Training: Adam over random pairs of one digit, and checkpoints that know their config.
 
-    result = train(TrainConfig(digit=5, steps=3000, seed=0))
+    result = train(TrainConfig(digit=5, seed=0))
     save_checkpoint("fives.pt", result)
     net = load_checkpoint("fives.pt").net
 
@@ -35,13 +35,13 @@ class TrainConfig:
     The defaults are the post's: the FCNet acting 9 times, λ = 0.05, Adam with learning
     rate 1e-3 on batches of 128 random pairs of training-split 5s.
     `grad_clip` caps the global gradient norm before each Adam step (None: no cap).
-    `spike_guard` skips the Adam step when the gradient norm exceeds that multiple of the
-    median norm of the previous `GUARD_WINDOW` steps (None: never skip); see
+    `spike_guard` skips the Adam step when the gradient norm is not finite or exceeds that
+    multiple of the median norm of the previous `GUARD_WINDOW` steps (None: never skip); see
     benchmarks/STABILITY.md for why.
     """
 
     digit: int = 5
-    steps: int = 3000
+    steps: int = 800
     batch_size: int = 128
     lr: float = 1e-3
     lmbda: float = 0.05
@@ -142,7 +142,8 @@ def train(
             net.parameters(), config.grad_clip if config.grad_clip is not None else math.inf
         )
         recent = history[-2, max(0, step - GUARD_WINDOW) : step]
-        skip = config.spike_guard is not None and is_spike(float(grad_norm), recent, config.spike_guard)
+        norm = float(grad_norm)
+        skip = config.spike_guard is not None and (not math.isfinite(norm) or is_spike(norm, recent, config.spike_guard))
         if not skip:
             optimizer.step()
         values = [*(value.detach() for value in loss), grad_norm, torch.tensor(float(skip))]
@@ -161,7 +162,8 @@ def checkpoint_path(name: str) -> Path:
 
 
 def is_spike(grad_norm: float, recent: torch.Tensor, factor: float) -> bool:
-    """True when `grad_norm` exceeds `factor` × the median of `recent` norms (≥ 20 of them)."""
+    """True when `grad_norm` exceeds `factor` × the median of the finite `recent` norms (≥ 20 of them)."""
+    recent = recent[torch.isfinite(recent)]
     return len(recent) >= 20 and grad_norm > factor * float(recent.median())
 
 

@@ -177,3 +177,17 @@ def test_divergence_stops_with_the_history_so_far(fives, monkeypatch):
         train(dataclasses.replace(SMALL, steps=6), fives, device="cpu", progress=False)
     assert caught.value.history["all_loss"].shape == (3,)
     assert torch.isfinite(caught.value.history["all_loss"]).all()
+
+
+def test_spike_guard_skips_non_finite_gradients(fives, monkeypatch):
+    clip = torch.nn.utils.clip_grad_norm_
+    calls = [0]
+
+    def clip_reporting_inf_once(parameters, max_norm):
+        calls[0] += 1
+        norm = clip(parameters, max_norm)
+        return torch.tensor(float("inf")) if calls[0] == 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_reporting_inf_once)
+    result = train(dataclasses.replace(SMALL, steps=5), fives, device="cpu", progress=False)
+    assert result.history["skipped"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
