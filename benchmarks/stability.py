@@ -7,6 +7,8 @@ guard, each run in its own single-threaded process, and writes a table to STABIL
     python benchmarks/stability.py                       # 3 seeds × 4000 steps × {none, 3}
     python benchmarks/stability.py --summarize DIR       # only re-read histories in DIR
 
+It writes the table to STABILITY_RUNS.md and the curves to STABILITY_RUNS.png.
+
 It takes about 0.2-0.3 s per step per process on a 2-core machine: budget an hour.
 """
 
@@ -47,7 +49,7 @@ def summarize_run(history, steps: int) -> dict:
     """Numbers that tell a stable run from an unstable one."""
     loss = history["all_loss"]
     completed = len(loss)
-    windows = loss[: len(loss) // 100 * 100].reshape(-1, 100).mean(1)  # 100-step means
+    windows = np.array([loss[start : start + 100].mean() for start in range(0, len(loss), 100)])  # 100-step means
     best_so_far = np.minimum.accumulate(windows)
     worst_jump = float((windows[1:] / best_so_far[:-1]).max())
     return {
@@ -87,6 +89,29 @@ def write_report(directory: Path, out: Path) -> str:
     return table
 
 
+def plot_runs(directory: Path, out: Path) -> None:
+    """Training loss and gradient norm of every run, on log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_grad) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for path in sorted(directory.glob("hist_s*_g*_n*.npz")):
+        with np.load(path) as data:
+            loss, grad = data["all_loss"], data["grad_norm"]
+        label = path.stem[len("hist_") :].rsplit("_", 1)[0].replace("_g", ", guard ")
+        (line,) = ax_loss.semilogy(loss, lw=0.6, label=label)
+        ax_grad.semilogy(grad, lw=0.6, color=line.get_color())
+    ax_loss.set_ylabel("training loss (all_loss)")
+    ax_grad.set_ylabel("gradient norm")
+    ax_grad.set_xlabel("training step")
+    ax_loss.legend(fontsize=8)
+    ax_loss.set_title("Long runs of the post's configuration, with and without the spike guard", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -104,6 +129,7 @@ def main() -> None:
             for path in pool.map(run, *zip(*jobs)):
                 print("wrote", path, flush=True)
     print(write_report(args.summarize or args.dir, args.out))
+    plot_runs(args.summarize or args.dir, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
