@@ -68,18 +68,23 @@ def grid_lines(phi, every: int = 2):
     return horizontal + vertical
 
 
-def show_grid(ax, phi, title: str = "deformation grid", every: int = 2, background=None):
-    """Draw φ [2, H, W] as a deformed lattice, optionally over an image; returns the lines."""
-    height, width = to_numpy(phi).shape[1:]
-    if background is not None:
-        show_image(ax, background)
-    lines = [ax.plot(x, y, color="tab:orange", lw=0.7)[0] for x, y in grid_lines(phi, every)]
+def pixel_frame(ax, height: int, width: int, title: str) -> None:
+    """Pixel axes like imshow's (row 0 at the top), equal aspect, no ticks."""
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=9)
+
+
+def show_grid(ax, phi, title: str = "deformation grid", every: int = 2, background=None):
+    """Draw φ [2, H, W] as a deformed lattice, optionally over an image; returns the lines."""
+    height, width = to_numpy(phi).shape[1:]
+    if background is not None:
+        show_image(ax, background)
+    lines = [ax.plot(x, y, color="tab:orange", lw=0.7)[0] for x, y in grid_lines(phi, every)]
+    pixel_frame(ax, height, width, title)
     return lines
 
 
@@ -91,12 +96,7 @@ def show_displacement(ax, displacement, title: str = "displacement", every: int 
     d_row = displacement[0, ::every, ::every] * (height - 1)
     d_col = displacement[1, ::every, ::every] * (width - 1)
     arrows = ax.quiver(cols, rows, d_col, d_row, angles="xy", scale_units="xy", scale=1, color="tab:blue", width=0.006)
-    ax.set_xlim(-0.5, width - 0.5)
-    ax.set_ylim(height - 0.5, -0.5)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
+    pixel_frame(ax, height, width, title)
     return arrows
 
 
