@@ -8,6 +8,7 @@ import torch
 import helpers as icon
 from helpers.analysis import trace_steps
 from helpers.models import FCNet, inner_fcnet, multistep, post_network
+from conftest import perturbed_post_network
 from helpers.warping import as_function, compose, displacement_transform, interpolate
 
 
@@ -90,11 +91,7 @@ def test_multistep_calls_the_inner_network_steps_times(steps):
 
 @pytest.fixture(scope="module")
 def perturbed_net():
-    torch.manual_seed(0)
-    net = post_network()
-    with torch.no_grad():
-        inner_fcnet(net).dense3.weight.normal_(std=1e-2)
-    return net
+    return perturbed_post_network(std=1e-2)
 
 
 def test_trace_shapes_and_step_zero(perturbed_net):

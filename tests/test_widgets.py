@@ -9,17 +9,15 @@ import pytest
 import torch
 
 from helpers.analysis import trace_steps
-from helpers.models import inner_fcnet, post_network
+from conftest import perturbed_post_network
 from helpers.plotting import grid_lines, plot_steps
 from helpers.widgets import StepScrubber
 
 
 @pytest.fixture(scope="module")
 def scrubbed():
-    torch.manual_seed(0)
-    net = post_network()
+    net = perturbed_post_network(std=2e-2)
     with torch.no_grad():
-        inner_fcnet(net).dense3.weight.normal_(std=2e-2)
         generator = torch.Generator().manual_seed(1)
         moving, fixed = torch.rand(3, 1, 28, 28, generator=generator), torch.rand(3, 1, 28, 28, generator=generator)
         trace = trace_steps(net, moving, fixed)
