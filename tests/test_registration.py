@@ -78,17 +78,6 @@ def test_post_network_shares_one_fcnet_with_the_posts_sizes():
     assert not fcnet.dense3.weight.any() and not fcnet.dense3.bias.any()
 
 
-@pytest.mark.parametrize("steps", [1, 2, 5, 9])
-def test_multistep_calls_the_inner_network_steps_times(steps):
-    inner = icon.FunctionFromVectorField(FCNet())
-    net = icon.losses.DiffusionRegularizedNet(multistep(inner, steps), icon.ssd, lmbda=0.05)
-    net.assign_identity_map((1, 1, 28, 28))
-    calls = []
-    inner.net.register_forward_hook(lambda *args: calls.append(1))
-    net(random_images(2), random_images(2, seed=3))
-    assert len(calls) == steps
-
-
 @pytest.fixture(scope="module")
 def perturbed_net():
     return perturbed_post_network(std=1e-2)
@@ -126,9 +115,9 @@ def test_gradients_flow_through_the_trace(perturbed_net):
     perturbed_net.zero_grad()
 
 
-@pytest.mark.parametrize("steps, interpolations", [(1, 2), (2, 5), (9, 54)])
+@pytest.mark.parametrize("steps, interpolations", [(1, 2), (2, 5), (5, 20), (9, 54)])
 def test_interpolations_grow_quadratically_with_steps(steps, interpolations):
-    """Level k re-evaluates all k earlier displacement fields, then warps A once."""
+    """One inner call per step; level k re-evaluates all k earlier displacement fields, then warps A once."""
     from helpers.analysis import count_calls, count_interpolations
 
     inner = icon.FunctionFromVectorField(FCNet())
