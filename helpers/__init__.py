@@ -11,12 +11,12 @@ It mirrors icon_registration's interface, so the post's code runs unchanged with
     net.assign_identity_map(sample_batch.shape)
     loss = net(moving, fixed)
 
-Modules, one concept each: coordinates (grids and input checks), warping (interpolation
-and composition), registration (the modules), losses, models, analysis (per-step view),
+Modules, one concept each: coordinates (grids and input checks), sampler (bilinear
+sampling, compiled and grid_sample), warping (interpolation and composition), registration (the modules), losses, models, analysis (per-step view),
 data (MNIST digits), train (the training loop and checkpoints).
 """
 
-from . import analysis, coordinates, losses, models, registration, warping
+from . import analysis, coordinates, losses, models, registration, sampler, warping
 from .coordinates import identity_map
 from .losses import DiffusionRegularizedNet, ssd
 from .registration import FunctionFromVectorField, RegistrationModule, TwoStepRegistration
@@ -35,6 +35,7 @@ __all__ = [
     "losses",
     "models",
     "registration",
+    "sampler",
     "ssd",
     "warping",
 ]

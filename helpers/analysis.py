@@ -76,20 +76,24 @@ def count_calls(module: torch.nn.Module):
 
 @contextlib.contextmanager
 def count_interpolations():
-    """Count calls of `helpers.warping.interpolate` (every image warp and every evaluation of
-    a displacement field) inside the block; yields a one-element list."""
+    """Count interpolations inside the block: each image warp counts one, each evaluation of
+    a transform counts one per displacement field it chains. Yields a one-element list."""
     calls = [0]
-    original = warping.interpolate
+    interpolate, evaluate_chain = warping.interpolate, warping.DisplacementChain.__call__
 
-    def counting(values, coordinates):
+    def counting_interpolate(values, coordinates):
         calls[0] += 1
-        return original(values, coordinates)
+        return interpolate(values, coordinates)
 
-    warping.interpolate = counting
+    def counting_chain(chain, coordinates):
+        calls[0] += len(chain.displacements)
+        return evaluate_chain(chain, coordinates)
+
+    warping.interpolate, warping.DisplacementChain.__call__ = counting_interpolate, counting_chain
     try:
         yield calls
     finally:
-        warping.interpolate = original
+        warping.interpolate, warping.DisplacementChain.__call__ = interpolate, evaluate_chain
 
 
 class Drift(NamedTuple):

@@ -9,9 +9,18 @@ then simply I ∘ φ, i.e. `as_function(I)(phi(grid))`.
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+
+from . import sampler
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _batch(what: str, *batches: int) -> int:
+    """The common batch size of tensors whose batches are equal or 1."""
+    sizes = set(batches) - {1}
+    if len(sizes) > 1:
+        raise ValueError(f"{what}: batch sizes {list(batches)} differ (only a batch of 1 is broadcast)")
+    return sizes.pop() if sizes else 1
 
 
 def interpolate(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
@@ -19,26 +28,16 @@ def interpolate(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor
 
     Bilinear, `align_corners=True`, border padding (points outside [0, 1] take the
     nearest edge value): the interpolation icon_registration uses for images and
-    displacement fields alike. A batch of 1 on either side is broadcast to the other.
+    displacement fields alike (`helpers.sampler` computes it). A batch of 1 on either
+    side is broadcast to the other.
     """
     if values.dim() != 4 or coordinates.dim() != 4 or coordinates.shape[1] != 2:
         raise ValueError(
             "interpolate expects values [B, C, H, W] and coordinates [B, 2, H', W'], "
             f"got {list(values.shape)} and {list(coordinates.shape)}"
         )
-    batch_v, batch_c = values.shape[0], coordinates.shape[0]
-    if batch_v != batch_c and 1 not in (batch_v, batch_c):
-        raise ValueError(f"batch sizes differ: values {batch_v}, coordinates {batch_c}")
-    batch = max(batch_v, batch_c)
-    # grid_sample wants (x = column, y = row) in [-1, 1], channels last.
-    grid = torch.stack((coordinates[:, 1], coordinates[:, 0]), dim=-1) * 2.0 - 1.0
-    return F.grid_sample(
-        values.expand(batch, -1, -1, -1),
-        grid.expand(batch, -1, -1, -1),
-        mode="bilinear",
-        padding_mode="border",
-        align_corners=True,
-    )
+    batch = _batch("interpolate", values.shape[0], coordinates.shape[0])
+    return sampler.sample(values.expand(batch, -1, -1, -1), coordinates)
 
 
 def as_function(image: torch.Tensor) -> Transform:
@@ -46,11 +45,36 @@ def as_function(image: torch.Tensor) -> Transform:
     return lambda coordinates: interpolate(image, coordinates)
 
 
+class DisplacementChain:
+    """φ_1 ∘ φ_2 ∘ … ∘ φ_K with φ_k(x) = x + D_k(x): a transform that keeps its displacement
+    fields D_k [B, 2, H, W], so that composing two chains is joining their lists and
+    evaluating one is a single pass of the sampler over the points (D_K acts first).
+    """
+
+    def __init__(self, displacements):
+        self.displacements = tuple(displacements)
+        shapes = {tuple(d.shape[1:]) for d in self.displacements}
+        if not self.displacements or any(d.dim() != 4 or d.shape[1] != 2 for d in self.displacements) or len(shapes) != 1:
+            raise ValueError(
+                "a displacement chain needs one or more fields [B, 2, H, W] of one size, got "
+                f"{[list(d.shape) for d in self.displacements]}"
+            )
+
+    def __call__(self, coordinates: torch.Tensor) -> torch.Tensor:
+        if coordinates.dim() != 4 or coordinates.shape[1] != 2:
+            raise ValueError(f"a transform takes coordinates [B, 2, H, W], got {list(coordinates.shape)}")
+        batch = _batch("displacement chain", coordinates.shape[0], *(len(d) for d in self.displacements))
+        fields = [d.expand(batch, -1, -1, -1) for d in self.displacements]
+        return sampler.chain(fields, coordinates)
+
+
 def displacement_transform(displacement: torch.Tensor) -> Transform:
     """φ(x) = x + D(x), with the displacement field D [B, 2, H, W] interpolated at x."""
-    return lambda coordinates: coordinates + interpolate(displacement, coordinates)
+    return DisplacementChain((displacement,))
 
 
 def compose(phi: Transform, psi: Transform) -> Transform:
     """φ ∘ ψ: x ↦ φ(ψ(x)). Warping by φ ∘ ψ applies ψ's motion to the image already moved by φ."""
+    if isinstance(phi, DisplacementChain) and isinstance(psi, DisplacementChain):
+        return DisplacementChain(phi.displacements + psi.displacements)
     return lambda coordinates: phi(psi(coordinates))

@@ -1,7 +1,8 @@
 """The reference test must catch real mistakes.
 
 Each case copies helpers/ into a temporary folder, makes one plausible mistake in its
-source, and runs tests/test_reference.py against the mutated copy: it must fail.
+source, and runs tests/test_reference.py against the mutated copy, with the sampler
+(compiled or grid_sample, see helpers/sampler.py) that the mistake is in: it must fail.
 """
 
 import os
@@ -14,30 +15,52 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# name: (file in helpers/, original text, mutated text, sampler the reference test runs with)
 MUTATIONS = {
     "compose psi then phi": (
         "registration.py",
         "compose(phi, step.transform)",
         "compose(step.transform, phi)",
+        "compiled",
     ),
-    "zeros padding": ("warping.py", 'padding_mode="border"', 'padding_mode="zeros"'),
+    "zeros padding": ("sampler.py", 'padding_mode="border"', 'padding_mode="zeros"', "reference"),
     "similarity without the factor 2": (
         "losses.py",
         "similarity_loss = 2 * similarity_per_pair",
         "similarity_loss = similarity_per_pair",
+        "compiled",
     ),
-    "align_corners=False": ("warping.py", "align_corners=True,", "align_corners=False,"),
+    "align_corners=False": ("sampler.py", "align_corners=True)", "align_corners=False)", "reference"),
     "warp of a warp": (
         "registration.py",
         "for step in self.netPsi.steps(warped, fixed)",
         "for step in self.netPsi.steps(as_function(warped)(phi(self.identity_map)), fixed)",
+        "compiled",
+    ),
+    "compiled: chain applied in the wrong order": (
+        "sampler.py",
+        "_CompiledChain.apply(coordinates, *reversed(displacements))",
+        "_CompiledChain.apply(coordinates, *displacements)",
+        "compiled",
+    ),
+    "compiled: gradient scattered to the wrong corner": (
+        "_bilinear.c",
+        "p[1] += g * (1.0f - wr) * wc;",
+        "p[W] += g * (1.0f - wr) * wc;",
+        "compiled",
+    ),
+    "compiled: chain rule without the identity term": (
+        "_bilinear.c",
+        "g_rows[n] = g_row + g_row * drow_drow + g_col * dcol_drow;",
+        "g_rows[n] = g_row * drow_drow + g_col * dcol_drow;",
+        "compiled",
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_reference_test_fails_on_mutation(name, tmp_path):
-    filename, original, mutated = MUTATIONS[name]
+    filename, original, mutated, implementation = MUTATIONS[name]
     shutil.copytree(ROOT / "helpers", tmp_path / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "tests" / "data", tmp_path / "tests" / "data")
     shutil.copy(ROOT / "tests" / "test_reference.py", tmp_path / "tests")
@@ -46,7 +69,7 @@ def test_reference_test_fails_on_mutation(name, tmp_path):
     assert text.count(original) == 1, f"mutation {name!r} no longer applies to helpers/{filename}"
     source.write_text(text.replace(original, mutated))
 
-    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path), "HELPERS_SAMPLER": implementation}
     imported = subprocess.run(
         [sys.executable, "-c", "import helpers; print(helpers.__file__)"],
         cwd=tmp_path, env=environment, capture_output=True, text=True, check=True,

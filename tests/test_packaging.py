@@ -1,5 +1,6 @@
 """The project's own files agree with each other: dependencies, package data, notebooks."""
 
+import fnmatch
 import json
 import re
 import tomllib
@@ -42,10 +43,19 @@ def test_no_exact_torch_pins():
             assert spec.startswith(">=") and "," not in spec, requirement
 
 
-def test_bundled_data_is_package_data():
+def test_every_file_helpers_needs_is_package_data():
+    """Data, checkpoints and the sampler's C source travel with an installed package."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "helpers.data" in config["packages"]
-    assert "data/*.npz" in config["package-data"]["helpers"]
+    patterns = config["package-data"]["helpers"]
+    files = [
+        path.relative_to(ROOT / "helpers").as_posix()
+        for path in (ROOT / "helpers").rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    ]
+    assert "_bilinear.c" in files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), f"helpers/{name} is not package data"
 
 
 def test_notebooks_are_committed_executed_top_to_bottom():

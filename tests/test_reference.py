@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import helpers as icon
+from helpers import sampler
 from helpers.models import FCNet
 
 REFERENCE = Path(__file__).parent / "data" / "icon_fcnet8_oracle.npz"
@@ -103,7 +104,7 @@ def test_interpolation_count_matches_icon_at_batch_4(ref, monkeypatch):
         return grid_sample(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "grid_sample", counting)
-    with torch.no_grad():
+    with torch.no_grad(), sampler.using("reference"):
         net(tensor(ref, "image_A"), tensor(ref, "image_B"))
     assert count[0] == int(ref["n_grid_sample_per_forward_batch4"]) == 54
 

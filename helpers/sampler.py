@@ -1,0 +1,271 @@
+"""Bilinear sampling: the one numerical kernel under every warp and every composition.
+
+Two operations, on images [B, C, H, W] and coordinates [B or 1, 2, H', W'] (row, column in
+[0, 1], see `helpers.coordinates`):
+
+    sample(values, coordinates)          values interpolated at the coordinates
+    chain(displacements, coordinates)    φ_1 ∘ φ_2 ∘ … ∘ φ_K at the coordinates, φ_k(x) = x + D_k(x)
+
+Each has two implementations that give the same numbers (to float rounding,
+tests/test_sampler.py):
+
+- "reference": `torch.nn.functional.grid_sample` (bilinear, align_corners=True, border
+  padding), one call per image or field: icon_registration's arithmetic, operation for
+  operation.
+- "compiled": helpers/_bilinear.c, a small C kernel with a hand-written backward pass, built
+  by the system's C compiler on first use and cached. It walks a whole chain of fields point
+  by point in one pass, where the reference makes a grid_sample call (and several tensor
+  operations) per field. benchmarks/RESULTS.md measures the difference.
+
+The compiled kernel serves float32 tensors on the CPU whenever a C compiler is available;
+everything else (float64, CUDA) uses the reference. Set the environment variable
+HELPERS_SAMPLER=reference to use grid_sample everywhere, or `with using("reference"): ...`.
+"""
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .coordinates import identity_map
+
+IMPLEMENTATIONS = ("compiled", "reference")
+SOURCE = Path(__file__).with_name("_bilinear.c")
+
+
+def _checked(name: str) -> str:
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown sampler {name!r}: expected one of {IMPLEMENTATIONS}")
+    return name
+
+
+_requested = _checked(os.environ.get("HELPERS_SAMPLER", "compiled"))
+
+
+@contextlib.contextmanager
+def using(name: str):
+    """Use sampler `name` ("compiled" or "reference") inside the with-block."""
+    global _requested
+    previous, _requested = _requested, _checked(name)
+    try:
+        yield
+    finally:
+        _requested = previous
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def grid_sample_bilinear(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+    """values [B, C, H, W] at coordinates [B, 2, H', W'] -> [B, C, H', W'], with grid_sample."""
+    # grid_sample wants (x = column, y = row) in [-1, 1], channels last.
+    grid = torch.stack((coordinates[:, 1], coordinates[:, 0]), dim=-1) * 2.0 - 1.0
+    return F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+# ----------------------------------------------------------------------------- compiled
+
+_library = None  # the loaded kernel, once built
+_unavailable = None  # why it could not be built, once that has been tried
+
+
+def _cache_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    folder = Path(base) / "mesa-registration-helpers"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except OSError:
+        return Path(tempfile.gettempdir())
+
+
+def _build() -> ctypes.CDLL:
+    """Compile _bilinear.c (once per source, compiler and machine) and load it."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
+    source = SOURCE.read_bytes()
+    flags = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]
+    errors = []
+    for openmp in (["-fopenmp"], []):  # without OpenMP the kernel runs on one thread
+        command = [compiler, *flags, *openmp]
+        key = hashlib.sha256(source + " ".join(command + [platform.machine(), platform.system()]).encode())
+        library = _cache_folder() / f"bilinear-{key.hexdigest()[:16]}.so"
+        if not library.exists():
+            partial = library.with_suffix(f".{os.getpid()}.tmp")
+            result = subprocess.run(
+                [*command, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True
+            )
+            if result.returncode != 0:
+                errors.append(f"{' '.join(command)}: {result.stderr.strip()[-500:]}")
+                continue
+            os.replace(partial, library)  # atomic: concurrent builds cannot see half a file
+        kernel = ctypes.CDLL(str(library))
+        pointer, size, count = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        kernel.sample_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, count]
+        kernel.sample_backward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, pointer, pointer, count]
+        kernel.chain_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, count, pointer, pointer, count]
+        kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, count]
+        return kernel
+    raise RuntimeError("compiling helpers/_bilinear.c failed:\n" + "\n".join(errors))
+
+
+def compiled_kernel():
+    """The compiled kernel (a ctypes library), or None if it cannot be built here (warns once)."""
+    global _library, _unavailable
+    if _library is None and _unavailable is None:
+        try:
+            _library = _build()
+        except (OSError, RuntimeError) as error:
+            _unavailable = str(error)
+            warnings.warn(
+                f"helpers: the compiled sampler is unavailable, so grid_sample is used (slower): {error}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _library
+
+
+def active(*tensors: torch.Tensor) -> str:
+    """The implementation that serves these tensors: "compiled" or "reference"."""
+    if _requested == "reference" or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return "reference"
+    return "compiled" if compiled_kernel() is not None else "reference"
+
+
+def _address(tensor: torch.Tensor):
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def _addresses(tensors: Sequence[torch.Tensor]):
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+def _points(coordinates: torch.Tensor, batch: int):
+    """Coordinates as [B or 1, 2, N] float32, and their batch stride (0: shared by the batch)."""
+    points = coordinates.detach().reshape(coordinates.shape[0], 2, -1).contiguous()
+    return points, (0 if points.shape[0] == 1 and batch > 1 else points.shape[1] * points.shape[2])
+
+
+_pixel_grids = {}
+
+
+def _is_pixel_grid(coordinates: torch.Tensor, height: int, width: int) -> bool:
+    """Whether the coordinates are one copy of the identity grid of a height × width image."""
+    if tuple(coordinates.shape) != (1, 2, height, width):
+        return False
+    if (height, width) not in _pixel_grids:
+        _pixel_grids[height, width] = identity_map((1, 1, height, width))
+    return torch.equal(coordinates, _pixel_grids[height, width])
+
+
+class _CompiledSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, coordinates):
+        values = values.detach().contiguous()
+        batch, channels, height, width = values.shape
+        points, stride = _points(coordinates, batch)
+        out = values.new_empty(batch, channels, *coordinates.shape[2:])
+        compiled_kernel().sample_forward(
+            _address(values), batch, channels, height, width, _address(points), stride,
+            points.shape[2], _address(out), torch.get_num_threads(),
+        )
+        ctx.save_for_backward(values, points)
+        ctx.coordinate_shape = coordinates.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        values, points = ctx.saved_tensors
+        batch, channels, height, width = values.shape
+        stride = 0 if points.shape[0] == 1 and batch > 1 else points.shape[1] * points.shape[2]
+        grad_out = grad_out.contiguous()  # kept alive: the kernel only gets its address
+        grad_values = torch.zeros_like(values) if ctx.needs_input_grad[0] else None
+        grad_points = values.new_empty(batch, 2, points.shape[2]) if ctx.needs_input_grad[1] else None
+        compiled_kernel().sample_backward(
+            _address(values), batch, channels, height, width, _address(points), stride, points.shape[2],
+            _address(grad_out),
+            _address(grad_values) if grad_values is not None else None,
+            _address(grad_points) if grad_points is not None else None,
+            torch.get_num_threads(),
+        )
+        if grad_points is not None:
+            grad_points = grad_points.sum(0, keepdim=True) if points.shape[0] < batch else grad_points
+            grad_points = grad_points.reshape(ctx.coordinate_shape)
+        return grad_values, grad_points
+
+
+class _CompiledChain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, coordinates, *fields):
+        fields = [field.detach().contiguous() for field in fields]
+        batch, _, height, width = fields[0].shape
+        points, stride = _points(coordinates, batch)
+        out = fields[0].new_empty(batch, 2, *coordinates.shape[2:])
+        visited = fields[0].new_empty(batch, len(fields), 2, points.shape[2])
+        on_grid = not coordinates.requires_grad and _is_pixel_grid(coordinates, height, width)
+        compiled_kernel().chain_forward(
+            _addresses(fields), len(fields), batch, height, width, _address(points), stride,
+            points.shape[2], on_grid, _address(out), _address(visited), torch.get_num_threads(),
+        )
+        ctx.save_for_backward(visited, *fields)
+        ctx.on_grid = on_grid
+        ctx.coordinate_shape = coordinates.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        visited, *fields = ctx.saved_tensors
+        batch, _, height, width = fields[0].shape
+        # The kernel turns this copy of the output gradient into the coordinates' gradient.
+        grad_points = grad_out.reshape(batch, 2, -1).contiguous().clone()
+        grad_fields = [torch.zeros_like(field) for field in fields]
+        compiled_kernel().chain_backward(
+            _addresses(fields), len(fields), batch, height, width, _address(visited),
+            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
+            torch.get_num_threads(),
+        )
+        if not ctx.needs_input_grad[0]:
+            grad_points = None
+        elif ctx.coordinate_shape[0] < batch:
+            grad_points = grad_points.sum(0, keepdim=True).reshape(ctx.coordinate_shape)
+        else:
+            grad_points = grad_points.reshape(ctx.coordinate_shape)
+        return (grad_points, *grad_fields)
+
+
+# ----------------------------------------------------------------------------- the two operations
+
+
+def sample(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+    """values [B, C, H, W] at coordinates [B or 1, 2, H', W'] -> [B, C, H', W'].
+
+    Shapes are not checked here: `helpers.warping.interpolate` does that."""
+    if active(values, coordinates) == "compiled":
+        return _CompiledSample.apply(values, coordinates)
+    return grid_sample_bilinear(values, coordinates.expand(len(values), -1, -1, -1))
+
+
+def chain(displacements: Sequence[torch.Tensor], coordinates: torch.Tensor) -> torch.Tensor:
+    """φ_1 ∘ … ∘ φ_K at coordinates [B or 1, 2, H', W'], with φ_k(x) = x + D_k(x) and
+    displacements = (D_1, …, D_K), each [B, 2, H, W]: D_K is applied first -> [B, 2, H', W'].
+
+    Shapes are not checked here: `helpers.warping.DisplacementChain` does that."""
+    if active(coordinates, *displacements) == "compiled":
+        return _CompiledChain.apply(coordinates, *reversed(displacements))
+    for displacement in reversed(displacements):
+        coordinates = coordinates + sample(displacement, coordinates)
+    return coordinates

@@ -1,0 +1,138 @@
+"""The compiled sampler computes what grid_sample computes, values and gradients.
+
+tests/test_reference.py checks the whole network against icon_registration with the
+default (compiled) sampler; here each operation is compared with the grid_sample
+reference on inputs chosen to reach every branch: points inside, on and past the
+border, on the pixel grid itself, shared and per-image coordinates, long chains.
+"""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import sampler
+from helpers.coordinates import identity_map
+from helpers.warping import DisplacementChain, compose, displacement_transform, interpolate
+
+pytestmark = pytest.mark.skipif(
+    sampler.compiled_kernel() is None, reason="no C compiler here: only the reference sampler runs"
+)
+
+
+def smooth_field(batch, size=28, amplitude=0.05, seed=0):
+    """A displacement field that varies like a registration's: smooth, a few pixels in size."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, 2, 5, 5, generator=generator) * amplitude
+    return F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=True)
+
+
+def both(function, inputs):
+    """function(*inputs) and the gradients of a nonlinear scalar of it, under each sampler."""
+    results = {}
+    for name in sampler.IMPLEMENTATIONS:
+        leaves = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+        with sampler.using(name):
+            out = function(*leaves)
+        differentiable = [x for x in leaves if x.requires_grad]
+        grads = torch.autograd.grad((out * torch.sin(3 * out)).sum(), differentiable)
+        results[name] = (out, *grads)
+    return results
+
+
+def assert_same(results, rtol=1e-5):
+    for compiled, reference in zip(results["compiled"], results["reference"], strict=True):
+        scale = reference.abs().max().item()
+        torch.testing.assert_close(compiled, reference, rtol=0, atol=rtol * scale)
+
+
+def test_the_compiled_kernel_builds_wherever_there_is_a_c_compiler():
+    assert shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    assert sampler.active(torch.zeros(1)) == "compiled"
+    assert sampler.active(torch.zeros(1, dtype=torch.float64)) == "reference"
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+@pytest.mark.parametrize("shared", [False, True], ids=["per-image points", "shared points"])
+def test_sample_matches_grid_sample(channels, shared):
+    values = torch.rand(4, channels, 28, 28, requires_grad=True)
+    # Points spread over [-0.1, 1.1]²: inside, on the border and clamped beyond it.
+    points = (torch.rand(1 if shared else 4, 2, 20, 24) * 1.2 - 0.1).requires_grad_()
+    assert_same(both(interpolate, (values, points)))
+
+
+def test_sample_on_a_rectangular_image():
+    values = torch.rand(3, 2, 17, 31, requires_grad=True)
+    points = (torch.rand(3, 2, 9, 5) * 1.2 - 0.1).requires_grad_()
+    assert_same(both(interpolate, (values, points)))
+
+
+@pytest.mark.parametrize("length", [1, 2, 9, 40])
+def test_chain_matches_composed_grid_samples(length):
+    fields = [smooth_field(5, seed=k).requires_grad_() for k in range(length)]
+
+    def chain(*fields):
+        return DisplacementChain(fields)(identity_map((1, 1, 28, 28)))
+
+    assert_same(both(chain, fields))
+
+
+def test_chain_off_the_grid_with_coordinate_gradients():
+    fields = [smooth_field(3, seed=k).requires_grad_() for k in range(4)]
+    points = (identity_map((1, 1, 28, 28)).repeat(3, 1, 1, 1) + smooth_field(3, seed=99)).requires_grad_()
+
+    def chain(points, *fields):
+        return DisplacementChain(fields)(points)
+
+    assert_same(both(chain, [points, *fields]))
+
+
+def test_shared_coordinates_get_the_batch_sum_of_gradients():
+    fields = [smooth_field(3, seed=k).requires_grad_() for k in range(3)]
+    points = (identity_map((1, 1, 28, 28)) + 0.01).requires_grad_()
+
+    def chain(points, *fields):
+        return DisplacementChain(fields)(points)
+
+    results = both(chain, [points, *fields])
+    assert results["compiled"][1].shape == points.shape
+    assert_same(results)
+
+
+def test_a_batch_of_one_field_is_broadcast_to_the_points():
+    field = smooth_field(1).requires_grad_()
+    points = (identity_map((1, 1, 28, 28)).repeat(3, 1, 1, 1) + smooth_field(3, seed=5)).requires_grad_()
+    assert_same(both(lambda p, d: DisplacementChain([d])(p), [points, field]))
+
+
+def test_composing_chains_joins_them_in_order():
+    phi, psi = displacement_transform(smooth_field(2, seed=1)), displacement_transform(smooth_field(2, seed=2))
+    grid = identity_map((1, 1, 28, 28))
+    composed = compose(phi, psi)
+    assert isinstance(composed, DisplacementChain) and len(composed.displacements) == 2
+    torch.testing.assert_close(composed(grid), phi(psi(grid)), rtol=0, atol=1e-6)
+    assert (compose(psi, phi)(grid) - composed(grid)).abs().max() > 1e-3
+
+
+def test_the_reference_is_used_for_float64_and_on_request():
+    values = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    points = torch.rand(2, 2, 28, 28, dtype=torch.float64)
+    assert interpolate(values, points).dtype == torch.float64
+    with sampler.using("reference"):
+        assert sampler.active(torch.zeros(1)) == "reference"
+    assert sampler.active(torch.zeros(1)) == "compiled"
+
+
+def test_unknown_sampler_names_are_rejected():
+    with pytest.raises(ValueError, match="unknown sampler 'fast'"):
+        with sampler.using("fast"):
+            pass
+
+
+def test_mismatched_batches_are_an_error():
+    chain = DisplacementChain([smooth_field(3)])
+    with pytest.raises(ValueError, match=r"batch sizes \[2, 3\] differ"):
+        chain(identity_map((1, 1, 28, 28)).repeat(2, 1, 1, 1))
+    with pytest.raises(ValueError, match="one or more fields"):
+        DisplacementChain([smooth_field(2), smooth_field(2, size=14)])
