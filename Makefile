@@ -26,5 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Performance: ms per step against grid_sample, a plain re-implementation and icon_registration,
+# time to quality, inference, learned vs classical, notebook times -> benchmarks/RESULTS.md.
+benchmark: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[benchmark]"
+	$(PY) benchmarks/performance.py
+
 clean-venv:
 	rm -rf $(VENV)

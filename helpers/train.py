@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -104,12 +104,15 @@ def train(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
+    stop: Callable[[int, DiffusionRegularizedNet], bool] | None = None,
 ) -> TrainResult:
     """Train the post's network from scratch with Adam on random pairs.
 
     images: [N, 1, 28, 28] to draw pairs from; default `load_digits(config.digit,
     config.split, source=config.source)`. Shows a tqdm progress bar (terminal or
-    notebook) unless `progress=False`.
+    notebook) unless `progress=False`. `stop(step, net)`, if given, is called after
+    every update; when it returns True, training ends there (the history then covers
+    steps 0..step only).
     """
     device = torch.device(device) if device is not None else default_device()
     if images is None:
@@ -150,6 +153,10 @@ def train(
         history[:, step] = torch.stack([value.to(grad_norm.device) for value in values]).double().cpu()
         if step % 50 == 0 or step == config.steps - 1:
             bar.set_postfix(loss=f"{history[0, step]:.4f}", refresh=False)
+        if stop is not None and stop(step, net):
+            history = history[:, : step + 1]
+            break
+    bar.close()
     net.eval()
     return TrainResult(net.cpu(), config, dict(zip(fields, history)))
 

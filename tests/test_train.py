@@ -56,6 +56,21 @@ def test_training_lowers_the_loss(fives):
     assert not result.net.training
 
 
+def test_stop_ends_training_early_with_the_history_so_far(fives, small_run):
+    seen = []
+
+    def stop(step, net):
+        seen.append(step)
+        return step == 1
+
+    result = train(SMALL, fives, device="cpu", progress=False, stop=stop)
+    assert seen == [0, 1]
+    assert all(len(values) == 2 for values in result.history.values())
+    # Steps 0 and 1 are the ones the full run took.
+    torch.testing.assert_close(result.history["all_loss"], small_run.history["all_loss"][:2], rtol=0, atol=0)
+    assert not result.net.training
+
+
 def test_progress_bar_is_shown(fives, capsys):
     train(dataclasses.replace(SMALL, steps=2), fives, device="cpu", progress=True)
     assert "training on 5s" in capsys.readouterr().err

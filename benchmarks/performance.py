@@ -1,0 +1,346 @@
+"""How fast is the collection? One command, one machine, the same inputs for everyone.
+
+    python benchmarks/performance.py            # everything; writes benchmarks/RESULTS.md
+    python benchmarks/performance.py --quick    # fewer repeats and seeds, to try it out
+    make benchmark                              # the same as the first line
+
+It measures, and writes into RESULTS.md with the machine and the date:
+  (a) ms per training step (forward + backward + Adam) at batch 128, 32 and 1, for helpers
+      as shipped (compiled sampler), helpers with the grid_sample sampler, the plain
+      reference in benchmarks/plain_reference.py, and icon_registration when it is installed
+      (`pip install -e ".[benchmark]"`). The implementations take turns, step by step, so
+      that a noisy machine slows them alike; each one's loss is first checked against helpers.
+  (b) time to quality: training seconds until the held-out 5 → 5 mean SSD falls below 0.2×
+      its value before registration (median of 3 seeds; evaluation time not counted).
+  (c) inference: pairs registered per second at batch 256.
+  (d) learned against classical: the per-pair optimiser of notebook 01 run until it reaches
+      the trained network's held-out SSD on the same pairs, and the time ratio.
+  (e) the wall time of each notebook, executed on copies in a temporary folder.
+Ratios are the headline: absolute times depend on the machine.
+"""
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import sampler  # noqa: E402
+from helpers.classical import register_pairwise  # noqa: E402
+from helpers.data import evaluation_pairs, load_digits, random_pairs  # noqa: E402
+from helpers.losses import ssd  # noqa: E402
+from helpers.models import FCNet, inner_fcnet, post_network  # noqa: E402
+from helpers.train import TrainConfig, checkpoint_path, load_checkpoint, train  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from plain_reference import PlainNet  # noqa: E402
+
+QUALITY = 0.2  # (b): held-out SSD below this fraction of its value before registration
+
+
+# ----------------------------------------------------------------------------- implementations
+
+
+def trained_fcnet() -> FCNet:
+    """The shipped 5s network's MLP: realistic weights, so every step moves pixels."""
+    return copy.deepcopy(inner_fcnet(load_checkpoint(checkpoint_path("fives")).net))
+
+
+def helpers_loss(fcnet, implementation):
+    net = post_network()
+    net.regis_net.netPsi.net = fcnet  # the one shared FunctionFromVectorField's network
+
+    def loss(moving, fixed):
+        with sampler.using(implementation):
+            return net(moving, fixed).all_loss
+
+    return loss
+
+
+def icon_loss(fcnet, shape):
+    import icon_registration as icon
+
+    inner = icon.FunctionFromVectorField(fcnet)
+    network = inner
+    for _ in range(8):
+        network = icon.TwoStepRegistration(network, inner)
+    net = icon.losses.DiffusionRegularizedNet(network, icon.ssd, lmbda=0.05)
+    net.assign_identity_map(shape)
+    net.train()
+    return lambda moving, fixed: net(moving, fixed).all_loss
+
+
+def implementations(shape):
+    """name -> a function building (loss function, parameters) around a given FCNet."""
+    builders = {
+        "helpers (compiled sampler)": lambda fcnet: helpers_loss(fcnet, "compiled"),
+        "helpers (grid_sample sampler)": lambda fcnet: helpers_loss(fcnet, "reference"),
+        "plain reference": lambda fcnet: PlainNet(fcnet),
+    }
+    try:
+        import icon_registration  # noqa: F401
+
+        builders["icon_registration 1.1.9"] = lambda fcnet: icon_loss(fcnet, shape)
+    except ImportError:
+        print("icon_registration is not installed: pip install -e '.[benchmark]' to include it")
+    return builders
+
+
+def training_step(loss, parameters):
+    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+
+    def step(moving, fixed):
+        optimizer.zero_grad(set_to_none=True)
+        loss(moving, fixed).backward()
+        optimizer.step()
+
+    return step
+
+
+def take_turns(functions, rounds, warmup=2):
+    """Run every function once per round, in turn; median seconds per call of each."""
+    times = {name: [] for name in functions}
+    for round_ in range(warmup + rounds):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# ----------------------------------------------------------------------------- (a) and (c)
+
+
+def step_times(batch, rounds):
+    moving, fixed = random_pairs(load_digits(5, "train"), batch, torch.Generator().manual_seed(batch))
+    fcnet = trained_fcnet()
+    steps, losses = {}, {}
+    for name, build in implementations(moving.shape).items():
+        own = copy.deepcopy(fcnet)
+        loss = build(own)
+        with torch.no_grad():
+            losses[name] = loss(moving, fixed).item()
+        steps[name] = lambda step=training_step(loss, own.parameters()): step(moving, fixed)
+    expected = losses["helpers (compiled sampler)"]
+    for name, value in losses.items():
+        if abs(value - expected) > 1e-5 * abs(expected):
+            raise RuntimeError(f"{name} computes loss {value!r}, helpers {expected!r}: not the same numbers")
+    return take_turns(steps, rounds), losses
+
+
+def inference_rates(rounds, batch=256):
+    moving, fixed = evaluation_pairs(5, 5, n=batch)
+    fcnet = trained_fcnet()
+    calls = {}
+    for name, build in implementations(moving.shape).items():
+        loss = build(copy.deepcopy(fcnet))
+
+        def register(loss=loss):
+            with torch.no_grad():
+                loss(moving, fixed)
+
+        calls[name] = register
+    return {name: batch / seconds for name, seconds in take_turns(calls, rounds).items()}
+
+
+# ----------------------------------------------------------------------------- (b)
+
+
+def time_to_quality(seed, max_steps, every=20):
+    """Training seconds (evaluations excluded) until the held-out 5→5 SSD ratio < QUALITY."""
+    moving, fixed = evaluation_pairs(5, 5, n=256)
+    before = ssd.per_pair(moving, fixed).mean().item()
+    curve, spent = [(0.0, 1.0)], {"evaluating": 0.0, "reached": None}
+    started = time.perf_counter()
+
+    def stop(step, net):
+        if (step + 1) % every:
+            return False
+        paused = time.perf_counter()
+        with torch.no_grad():
+            ratio = ssd.per_pair(net.register(moving, fixed).warped_image_A, fixed).mean().item() / before
+        seconds = paused - started - spent["evaluating"]
+        spent["evaluating"] += time.perf_counter() - paused
+        curve.append((seconds, ratio))
+        if ratio < QUALITY:
+            spent["reached"] = (seconds, step + 1)
+            return True
+        return False
+
+    train(TrainConfig(seed=seed, steps=max_steps), progress=False, stop=stop)
+    return spent["reached"], curve
+
+
+# ----------------------------------------------------------------------------- (d)
+
+
+def learned_against_classical(pairs=64, iterations=3000, rounds=5):
+    moving, fixed = evaluation_pairs(5, 5, n=pairs)
+    net = load_checkpoint(checkpoint_path("fives")).net
+    with torch.no_grad():
+        target = ssd.per_pair(net.register(moving, fixed).warped_image_A, fixed).mean().item()
+    network_seconds = take_turns({"net": lambda: net.register(moving, fixed)}, rounds)["net"]
+    classical = register_pairwise(moving, fixed, lmbda=0.05, iterations=iterations, lr=1e-2)
+    ssd_per_iteration = classical.history["similarity_loss"] / 2  # the history holds 2·SSD
+    reached = (ssd_per_iteration <= target).nonzero()
+    if len(reached) == 0:
+        return target, network_seconds, None, None
+    needed = int(reached[0]) + 1
+    return target, network_seconds, needed, classical.seconds * needed / iterations
+
+
+# ----------------------------------------------------------------------------- (e)
+
+
+def notebook_times():
+    """Execute each numbered notebook on a copy, in a fresh kernel; wall seconds each."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from run_notebooks import execute
+
+    times = {}
+    with tempfile.TemporaryDirectory() as folder:
+        copies = Path(folder) / "notebooks"
+        shutil.copytree(ROOT / "notebooks", copies)
+        (Path(folder) / "figures").mkdir()
+        for path in sorted(copies.glob("[0-9][0-9]_*.ipynb")):
+            print(f"  executing {path.name} ...", flush=True)
+            times[path.stem] = execute(path)
+    return times
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{cpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"Python {platform.python_version()}; {platform.system()} {platform.release()}"
+    )
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and one seed (a trial run)")
+    parser.add_argument("--skip-notebooks", action="store_true", help="leave out (e)")
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    quick = args.quick
+    started = time.perf_counter()
+    report = [
+        "# Performance results",
+        "",
+        f"Made by `python benchmarks/performance.py{' --quick' if quick else ''}` on "
+        f"{datetime.date.today().isoformat()}. Machine: {machine()}.",
+        "",
+        "Ratios are the headline; absolute times depend on the machine and on what else runs on it.",
+    ]
+
+    print("(a) ms per training step", flush=True)
+    report += ["", "## (a) Training step: forward + backward + Adam", ""]
+    rows, all_losses = [], {}
+    for batch, rounds in ((128, 6 if quick else 25), (32, 10 if quick else 40), (1, 20 if quick else 100)):
+        seconds, all_losses[batch] = step_times(batch, rounds)
+        shipped = seconds["helpers (compiled sampler)"]
+        for name, value in seconds.items():
+            rows.append((batch, name, f"{1000 * value:.1f}", f"{value / shipped:.2f}×"))
+        print(f"  batch {batch}: " + ", ".join(f"{n} {1000 * v:.1f} ms" for n, v in seconds.items()), flush=True)
+    report += [
+        "Median over rounds in which the implementations take turns, one step each. Every "
+        "implementation first computes the loss of the same batch with the same weights (the "
+        "shipped 5s network); they agree to 1e-5 relative or the benchmark stops.",
+        "",
+        table(("batch", "implementation", "ms per step", "time relative to helpers"), rows),
+    ]
+
+    print("(c) inference", flush=True)
+    rates = inference_rates(3 if quick else 10)
+    report += ["", "## (c) Inference: pairs registered per second at batch 256", ""]
+    shipped = rates["helpers (compiled sampler)"]
+    report.append(
+        table(("implementation", "pairs per second", "helpers is faster by"),
+              [(n, f"{r:.0f}", f"{shipped / r:.2f}×") for n, r in rates.items()])
+    )
+
+    print("(b) time to quality", flush=True)
+    seeds = (0,) if quick else (0, 1, 2)
+    reached, curves = {}, {}
+    for seed in seeds:
+        reached[seed], curves[seed] = time_to_quality(seed, max_steps=3000)
+        print(f"  seed {seed}: {reached[seed]}", flush=True)
+    report += ["", f"## (b) Time to quality: held-out 5 → 5 SSD below {QUALITY}× its value before registration", ""]
+    report.append(
+        "The post's recipe (TrainConfig defaults: batch 128, Adam lr 1e-3, spike guard), trained on the "
+        "training 5s; the 256 held-out 5 → 5 pairs of notebook 03 are scored every 20 steps, and the "
+        "scoring time is not counted."
+    )
+    report.append("")
+    report.append(table(("seed", "training seconds", "steps"),
+                        [(s, f"{r[0]:.1f}", r[1]) if r else (s, "not reached in 3000 steps", "") for s, r in reached.items()]))
+    finished = [r[0] for r in reached.values() if r]
+    if len(finished) == len(seeds):
+        report += ["", f"**Median: {statistics.median(finished):.1f} s.**"]
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for seed, curve in curves.items():
+        axes.plot(*zip(*curve), label=f"seed {seed}")
+    axes.axhline(QUALITY, color="grey", linestyle="--", label=f"quality: {QUALITY}×")
+    axes.set(xlabel="training seconds", ylabel="held-out SSD / SSD before", yscale="log",
+             title="Time to quality (helpers as shipped)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(HERE / "time_to_quality.png", dpi=110)
+    report += ["", "![time to quality](time_to_quality.png)"]
+
+    print("(d) learned against classical", flush=True)
+    target, network_seconds, needed, classical_seconds = learned_against_classical()
+    report += ["", "## (d) Learned against classical, on the same 64 held-out 5 → 5 pairs", ""]
+    if needed is None:
+        report.append(f"The per-pair optimiser did not reach the network's SSD ({target:.4f}) in 3000 iterations.")
+    else:
+        report.append(table(
+            ("method", "mean SSD reached", "seconds for the 64 pairs"),
+            [("trained network (one forward pass)", f"{target:.4f}", f"{network_seconds:.3f}"),
+             (f"per-pair Adam, λ = 0.05, lr 1e-2 ({needed} iterations)", f"≤ {target:.4f}", f"{classical_seconds:.2f}")],
+        ))
+        report += ["", f"**The network is {classical_seconds / network_seconds:.0f}× faster** at equal held-out SSD."]
+
+    if not args.skip_notebooks:
+        print("(e) notebooks", flush=True)
+        times = notebook_times()
+        report += ["", "## (e) The notebooks, each executed in a fresh kernel", ""]
+        report.append(table(("notebook", "seconds"), [(n, f"{t:.0f}") for n, t in times.items()] + [("**all**", f"**{sum(times.values()):.0f}**")]))
+
+    report += ["", f"The whole benchmark took {time.perf_counter() - started:.0f} s.", ""]
+    args.output.write_text("\n".join(report))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
