@@ -224,6 +224,26 @@ def notebook_times():
     return times
 
 
+# ----------------------------------------------------------------------------- profile
+
+
+def profile(batch=128, steps=5, rows=10):
+    """Where a shipped training step spends its time: the top operations by self CPU time."""
+    moving, fixed = random_pairs(load_digits(5, "train"), batch, torch.Generator().manual_seed(batch))
+    fcnet = trained_fcnet()
+    step = training_step(helpers_loss(fcnet, "compiled"), fcnet.parameters())
+    step(moving, fixed)
+    with torch.profiler.profile() as profiler:
+        for _ in range(steps):
+            step(moving, fixed)
+    events = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in events)
+    return [
+        (event.key, f"{event.self_cpu_time_total / total:.0%}", f"{event.self_cpu_time_total / 1000 / steps:.1f}", event.count // steps)
+        for event in events[:rows]
+    ]
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -277,6 +297,14 @@ def main() -> int:
         "shipped 5s network); they agree to 1e-5 relative or the benchmark stops.",
         "",
         table(("batch", "implementation", "ms per step", "time relative to helpers"), rows),
+    ]
+
+    report += [
+        "",
+        "Where the shipped step's time goes (torch profiler, batch 128, self CPU time per step; "
+        "`_CompiledChain` is helpers/_bilinear.c walking displacement chains, `mm`/`addmm` the MLP):",
+        "",
+        table(("operation", "share", "ms per step", "calls per step"), profile()),
     ]
 
     print("(c) inference", flush=True)
