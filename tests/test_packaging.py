@@ -3,9 +3,13 @@
 import fnmatch
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +70,39 @@ def test_notebooks_are_committed_executed_top_to_bottom():
         cells = json.loads(path.read_text())["cells"]
         counts = [cell.get("execution_count") for cell in cells if cell["cell_type"] == "code"]
         assert counts == list(range(1, len(counts) + 1)), f"{path.name}: execution counts {counts}"
+
+
+def run_colab(*arguments):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "colab.py"), *arguments], capture_output=True, text=True
+    )
+
+
+def test_colab_cells_agree_with_the_repository_url():
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("urls", {})
+    if "Repository" not in urls:
+        pytest.skip("no public repository URL yet: set [project.urls] Repository, then run scripts/colab.py")
+    result = run_colab("--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_colab_script_writes_a_badge_and_an_install_cell(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "02_mlp_and_multistep.ipynb", tmp_path / "notebooks")
+    pyproject = '[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/someone/collection"\n'
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+
+    assert run_colab("--root", str(tmp_path), "--check").returncode == 1
+    assert run_colab("--root", str(tmp_path)).returncode == 0
+    assert run_colab("--root", str(tmp_path), "--check").returncode == 0
+    assert run_colab("--root", str(tmp_path)).returncode == 0  # idempotent
+    cells = json.loads((tmp_path / "notebooks" / "02_mlp_and_multistep.ipynb").read_text())["cells"]
+    badge, install = ("".join(cell["source"]) for cell in cells[:2])
+    assert "colab.research.google.com/github/someone/collection/blob/main/notebooks/02_mlp_and_multistep.ipynb" in badge
+    assert 'if "google.colab" in sys.modules:' in install and "git+https://github.com/someone/collection" in install
+    assert sum("colab-badge" in "".join(cell["source"]) for cell in cells) == 1
+
+    (tmp_path / "pyproject.toml").write_text(pyproject.replace("someone", "another"))
+    assert run_colab("--root", str(tmp_path), "--check").returncode == 1
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+    assert "no [project.urls] Repository" in run_colab("--root", str(tmp_path)).stderr
