@@ -170,7 +170,7 @@ void chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, 
 
 /* grad_out [B, 2, N] is overwritten: it becomes the gradient with respect to the coordinates
  * (unless on_grid, where the coordinates are the fixed pixel grid and it is left unfinished).
- * grad_fields: K pointers to zeroed [B, 2, H, W] buffers, accumulated into. */
+ * grad_fields: K pointers to [B, 2, H, W] buffers, overwritten with the fields' gradients. */
 void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
                     const float *visited, int64_t N, int on_grid, float *grad_out,
                     float *const *grad_fields, int threads) {
@@ -183,6 +183,7 @@ void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H,
             const float *field = fields[k] + b * 2 * H * W;
             float *grad_field = grad_fields[k] + b * 2 * H * W;
             const float *rows = visited + (b * K + k) * 2 * N, *cols = rows + N;
+            memset(grad_field, 0, 2 * H * W * sizeof(float));
             if (k == 0 && on_grid) {
                 for (int64_t n = 0; n < 2 * N; n++) grad_field[n] += g_rows[n];
                 continue;

@@ -90,6 +90,16 @@ def _cache_folder() -> Path:
         return Path(tempfile.gettempdir())
 
 
+def _processor() -> str:
+    """What a build tuned with -march=native depends on: the processor and its features."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags", "Features"))]
+        return platform.machine() + "".join(sorted(set(lines)))
+    except OSError:
+        return f"{platform.machine()} {platform.system()} {platform.processor()}"
+
+
 def _build() -> ctypes.CDLL:
     """Compile _bilinear.c (once per source, compiler and machine) and load it."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -98,9 +108,10 @@ def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     flags = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]
     errors = []
-    for openmp in (["-fopenmp"], []):  # without OpenMP the kernel runs on one thread
-        command = [compiler, *flags, *openmp]
-        key = hashlib.sha256(source + " ".join(command + [platform.machine(), platform.system()]).encode())
+    # Tuned for this processor when the compiler can; without OpenMP it runs on one thread.
+    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
+        command = [compiler, *flags, *extra]
+        key = hashlib.sha256(source + " ".join(command + [_processor()]).encode())
         library = _cache_folder() / f"bilinear-{key.hexdigest()[:16]}.so"
         if not library.exists():
             partial = library.with_suffix(f".{os.getpid()}.tmp")
@@ -232,7 +243,7 @@ class _CompiledChain(torch.autograd.Function):
         batch, _, height, width = fields[0].shape
         # The kernel turns this copy of the output gradient into the coordinates' gradient.
         grad_points = grad_out.reshape(batch, 2, -1).contiguous().clone()
-        grad_fields = [torch.zeros_like(field) for field in fields]
+        grad_fields = [torch.empty_like(field) for field in fields]
         compiled_kernel().chain_backward(
             _addresses(fields), len(fields), batch, height, width, _address(visited),
             visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
