@@ -36,7 +36,7 @@ static inline void locate_axis(float c, int32_t size, int32_t *index, float *wei
     float limit = (float)(size - 1);
     float x = ((c * 2.0f - 1.0f) + 1.0f) * (limit * 0.5f);
     *slope = (x > 0.0f && x < limit) ? limit : 0.0f;
-    x = x > 0.0f ? x : 0.0f; /* also maps NaN to 0: callers reject non-finite input */
+    x = x > 0.0f ? x : 0.0f; /* NaN becomes 0 here; sample_forward still returns NaN for it */
     x = x < limit ? x : limit;
     int32_t i = (int32_t)x; /* truncation is floor here: x >= 0 */
     i = i < size - 2 ? i : size - 2;
@@ -92,9 +92,10 @@ void sample_forward(const float *values, int64_t B, int64_t C, int64_t H, int64_
         const float *rows = coords + b * coords_batch_stride, *cols = rows + N;
         for (int64_t n = 0; n < N; n++) {
             Cell cell = locate(rows[n], cols[n], H, W);
+            int lost = isnan(rows[n]) || isnan(cols[n]); /* NaN in, NaN out, as for any arithmetic */
             for (int64_t c = 0; c < C; c++) {
                 Corners v = corners(values + (b * C + c) * H * W, &cell, W);
-                out[(b * C + c) * N + n] = interpolate(&v, &cell);
+                out[(b * C + c) * N + n] = lost ? NAN : interpolate(&v, &cell);
             }
         }
     }

@@ -265,7 +265,7 @@ def sample(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
     """values [B, C, H, W] at coordinates [B or 1, 2, H', W'] -> [B, C, H', W'].
 
     Shapes are not checked here: `helpers.warping.interpolate` does that."""
-    if active(values, coordinates) == "compiled":
+    if active(values, coordinates) == "compiled" and min(values.shape[2:]) >= 2:
         return _CompiledSample.apply(values, coordinates)
     return grid_sample_bilinear(values, coordinates.expand(len(values), -1, -1, -1))
 

@@ -124,6 +124,14 @@ def test_the_reference_is_used_for_float64_and_on_request():
     assert sampler.active(torch.zeros(1)) == "compiled"
 
 
+def test_nan_coordinates_give_nan_not_a_border_value():
+    values = torch.rand(1, 2, 28, 28)
+    points = torch.rand(1, 2, 4, 4)
+    points[0, 1, 2, 3] = float("nan")
+    out = interpolate(values, points)
+    assert out[0, :, 2, 3].isnan().all() and out.isnan().sum() == 2
+
+
 def test_unknown_sampler_names_are_rejected():
     with pytest.raises(ValueError, match="unknown sampler 'fast'"):
         with sampler.using("fast"):
