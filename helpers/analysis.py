@@ -321,3 +321,54 @@ def bootstrap_interval(
         raise ValueError("statistic must reduce the values to a scalar")
     low, high = torch.quantile(statistics, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return Interval(float(statistic(values)), float(low), float(high))
+
+
+class DigitTransfer(NamedTuple):
+    """Networks trained on digits t (rows) registering pairs of digits e (columns), e → e.
+
+    train_digits, eval_digits: the row and column labels
+    similarity_ratio: [T, E, B]      similarity loss after the last step / before the first
+    folds:            [T, E, B]      folded cells after the last step
+    probability:      [T, E, 2, B, 10]  classifier probabilities of the warped moving image
+                                     before the first step (the input) and after the last
+    """
+
+    train_digits: list
+    eval_digits: list
+    similarity_ratio: torch.Tensor
+    folds: torch.Tensor
+    probability: torch.Tensor
+
+    def drift(self, digit: int) -> torch.Tensor:
+        """[T, E, B]: change of P(digit) from the input to the last step, per pair."""
+        return self.probability[:, :, 1, :, digit] - self.probability[:, :, 0, :, digit]
+
+
+def digit_transfer(
+    nets: dict, classify: Callable[[torch.Tensor], torch.Tensor], eval_digits=range(10), n: int = 256, seed: int = 1234,
+) -> DigitTransfer:
+    """Run every network of `nets` ({training digit: DiffusionRegularizedNet}) on `n` held-out
+    pairs e → e of every digit e in `eval_digits` (`helpers.data.evaluation_pairs(e, e, n, seed)`,
+    the same pairs for every network), and score the input and the result with `classify`
+    (images [N, 1, H, W] -> probabilities [N, 10], e.g. `partial(predict_proba, model)`)."""
+    from .data import evaluation_pairs  # here, to keep the module's imports light
+
+    if not nets:
+        raise ValueError("nets is empty: pass {training digit: network}")
+    eval_digits = list(eval_digits)
+    ratios, folds, probabilities = [], [], []
+    for net in nets.values():
+        for digit in eval_digits:
+            moving, fixed = evaluation_pairs(digit, digit, n, seed)
+            with torch.no_grad():
+                first = net.evaluate(lambda coordinates: coordinates, moving, fixed)
+                last = net.register(moving, fixed)
+            ratios.append(last.losses.similarity_loss / first.losses.similarity_loss)
+            folds.append(last.losses.flips)
+            probabilities.append(torch.stack([classify(moving), classify(last.warped_image_A)]))
+    shape = (len(nets), len(eval_digits))
+    return DigitTransfer(
+        list(nets), eval_digits,
+        torch.stack(ratios).reshape(*shape, n), torch.stack(folds).reshape(*shape, n),
+        torch.stack(probabilities).reshape(*shape, 2, n, 10),
+    )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from helpers.analysis import (
-    ClassifierSurprise, NearestImageSSD, bootstrap_interval, cosine, descent_direction, fixed_similarity,
+    ClassifierSurprise, NearestImageSSD, bootstrap_interval, cosine, descent_direction, digit_transfer, fixed_similarity,
     outer_loss, output_basis, step_alignment, trace_steps,
 )
 from helpers.data import evaluation_pairs
@@ -188,3 +188,22 @@ def test_bootstrap_interval_rejects_bad_input():
         bootstrap_interval(torch.tensor([1.0]))
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
         bootstrap_interval(torch.ones(5), level=95)
+
+
+def test_digit_transfer_of_identity_networks_changes_nothing():
+    uniform = lambda images: torch.full((len(images), 10), 0.1)  # noqa: E731
+    transfer = digit_transfer({5: post_network(), 7: post_network()}, uniform, eval_digits=[1, 5, 7], n=4)
+    assert transfer.similarity_ratio.shape == (2, 3, 4) and transfer.probability.shape == (2, 3, 2, 4, 10)
+    assert torch.allclose(transfer.similarity_ratio, torch.ones(2, 3, 4))
+    assert (transfer.folds == 0).all() and (transfer.drift(5) == 0).all()
+    with pytest.raises(ValueError, match="nets is empty"):
+        digit_transfer({}, uniform)
+
+
+def test_digit_transfer_scores_the_input_and_the_result():
+    """A classifier that reads ink: a network that moves pixels changes what it sees."""
+    ink = lambda images: torch.nn.functional.one_hot(  # noqa: E731
+        (images.flatten(1).sum(1) > 100).long() * 5, 10).float()
+    transfer = digit_transfer({5: perturbed_post_network(std=3e-2)}, ink, eval_digits=[0], n=8)
+    assert (transfer.similarity_ratio != 1).all()
+    assert torch.equal(transfer.probability[0, 0, 0], ink(evaluation_pairs(0, 0, 8)[0]))
