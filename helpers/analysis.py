@@ -6,6 +6,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import warping
+from .data import evaluation_pairs
 from .losses import BendingLoss, DiffusionRegularizedNet, Registration
 from .models import inner_fcnet
 from .warping import Transform
@@ -233,6 +234,8 @@ def descent_direction(
     symmetric one: the mean of ∇L_k at the four offsets E = (±ε, ±ε), ε = `offset` pixels.
     Returns [B, 2, H, W] (the objective is per pair, so each pair's gradient is its own).
     """
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 < offset < 1:
+        raise ValueError(f"offset must be a number of pixels in (0, 1), got {offset!r}")
     spacing = net.spacing.to(moving.dtype).view(1, 2, 1, 1)
     total = torch.zeros(moving.shape[0], 2, *moving.shape[2:], dtype=moving.dtype)
     for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
@@ -314,13 +317,14 @@ def bootstrap_interval(
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
         raise ValueError(f"resamples must be an int >= 100, got {resamples!r}")
+    estimate = torch.as_tensor(statistic(values))
+    if estimate.dim() != 0:
+        raise ValueError(f"statistic must reduce the values to a scalar, got shape {list(estimate.shape)}")
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(len(values), (resamples, len(values)), generator=generator)
     statistics = torch.stack([torch.as_tensor(statistic(values[index]), dtype=torch.float64) for index in draws])
-    if statistics.dim() != 1:
-        raise ValueError("statistic must reduce the values to a scalar")
     low, high = torch.quantile(statistics, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return Interval(float(statistic(values)), float(low), float(high))
+    return Interval(float(estimate), float(low), float(high))
 
 
 class DigitTransfer(NamedTuple):
@@ -351,8 +355,6 @@ def digit_transfer(
     pairs e → e of every digit e in `eval_digits` (`helpers.data.evaluation_pairs(e, e, n, seed)`,
     the same pairs for every network), and score the input and the result with `classify`
     (images [N, 1, H, W] -> probabilities [N, 10], e.g. `partial(predict_proba, model)`)."""
-    from .data import evaluation_pairs  # here, to keep the module's imports light
-
     if not nets:
         raise ValueError("nets is empty: pass {training digit: network}")
     eval_digits = list(eval_digits)

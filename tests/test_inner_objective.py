@@ -133,9 +133,11 @@ def test_cosine_rejects_nothing_silently():
     assert torch.isnan(cosine(torch.zeros(1, 3), torch.ones(1, 3))).all()
 
 
-def test_step_alignment_needs_objectives(pairs):
+def test_step_alignment_needs_objectives_and_a_sensible_offset(pairs):
     with pytest.raises(ValueError, match="objectives is empty"):
         step_alignment(post_network(), *pairs, {})
+    with pytest.raises(ValueError, match=r"offset must be a number of pixels in \(0, 1\)"):
+        step_alignment(post_network(), *pairs, {"outer": outer_loss}, offset=0)
 
 
 def test_nearest_image_ssd_finds_the_closest_reference(pairs):
@@ -188,6 +190,8 @@ def test_bootstrap_interval_rejects_bad_input():
         bootstrap_interval(torch.tensor([1.0]))
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
         bootstrap_interval(torch.ones(5), level=95)
+    with pytest.raises(ValueError, match="statistic must reduce the values to a scalar"):
+        bootstrap_interval(torch.ones(5, 2), statistic=lambda values: values.mean(0))
 
 
 def test_digit_transfer_of_identity_networks_changes_nothing():
