@@ -181,6 +181,7 @@ def test_bootstrap_interval_of_a_mean():
     constant = bootstrap_interval(torch.full((10,), 0.5))
     assert constant.low == constant.estimate == constant.high == 0.5
     assert str(constant) == "0.50 [0.50, 0.50]"
+    assert f"{constant:.3f}" == "0.500 [0.500, 0.500]"
 
 
 def test_bootstrap_interval_rejects_bad_input():
