@@ -212,3 +212,26 @@ def test_digit_transfer_scores_the_input_and_the_result():
     transfer = digit_transfer({5: perturbed_post_network(std=3e-2)}, ink, eval_digits=[0], n=8)
     assert (transfer.similarity_ratio != 1).all()
     assert torch.equal(transfer.probability[0, 0, 0], ink(evaluation_pairs(0, 0, 8)[0]))
+
+
+def test_chapter_05_figures_label_what_they_show(pairs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers import plotting
+
+    fig, ax = plt.subplots()
+    plotting.show_matrix(ax, torch.arange(6.0).reshape(2, 3) / 10, ["a", "b"], [1, 2, 3], xlabel="x", ylabel="y")
+    assert [text.get_text() for text in ax.texts] == ["0.00", "0.10", "0.20", "0.30", "0.40", "0.50"]
+    assert ax.get_xlabel() == "x" and [label.get_text() for label in ax.get_yticklabels()] == ["a", "b"]
+    with torch.no_grad():
+        trace = trace_steps(with_steps(perturbed_post_network(std=3e-4), 12), *pairs)
+    fig = plotting.plot_long_run({"pairs": trace}, trained_steps=9)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["registration step k"] * 3
+    assert len(fig.axes[0].lines[0].get_xdata()) == 13
+    fig = plotting.plot_tradeoff({"family": ((0.1, 0.2), torch.tensor([0.2, 0.3]), torch.tensor([3.0, 1.0]))})
+    assert fig.axes[0].get_ylabel() == "held-out similarity loss (mean)"
+    assert [text.get_text() for text in fig.axes[0].texts] == ["λ=0.1", "λ=0.2"]
+    plt.close("all")
