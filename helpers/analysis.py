@@ -339,8 +339,8 @@ class DigitTransfer(NamedTuple):
     train_digits, eval_digits: the row and column labels
     similarity_ratio: [T, E, B]      similarity loss after the last step / before the first
     folds:            [T, E, B]      folded cells after the last step
-    probability:      [T, E, 2, B, 10]  classifier probabilities of the warped moving image
-                                     before the first step (the input) and after the last
+    probability:      [T, E, K+1, B, 10]  classifier probabilities of the warped moving image
+                                     after each step k = 0..K (k = 0: the input itself)
     """
 
     train_digits: list
@@ -351,7 +351,7 @@ class DigitTransfer(NamedTuple):
 
     def drift(self, digit: int) -> torch.Tensor:
         """[T, E, B]: change of P(digit) from the input to the last step, per pair."""
-        return self.probability[:, :, 1, :, digit] - self.probability[:, :, 0, :, digit]
+        return self.probability[:, :, -1, :, digit] - self.probability[:, :, 0, :, digit]
 
 
 def digit_transfer(
@@ -359,8 +359,9 @@ def digit_transfer(
 ) -> DigitTransfer:
     """Run every network of `nets` ({training digit: DiffusionRegularizedNet}) on `n` held-out
     pairs e → e of every digit e in `eval_digits` (`helpers.data.evaluation_pairs(e, e, n, seed)`,
-    the same pairs for every network), and score the input and the result with `classify`
-    (images [N, 1, H, W] -> probabilities [N, 10], e.g. `partial(predict_proba, model)`)."""
+    the same pairs for every network), and score the warped moving image after every step with
+    `classify` (images [N, 1, H, W] -> probabilities [N, 10], e.g. `partial(predict_proba,
+    model)`). The networks must all take the same number of steps."""
     if not nets:
         raise ValueError("nets is empty: pass {training digit: network}")
     eval_digits = list(eval_digits)
@@ -369,14 +370,16 @@ def digit_transfer(
         for digit in eval_digits:
             moving, fixed = evaluation_pairs(digit, digit, n, seed)
             with torch.no_grad():
-                first = net.evaluate(lambda coordinates: coordinates, moving, fixed)
-                last = net.register(moving, fixed)
-            ratios.append(last.losses.similarity_loss / first.losses.similarity_loss)
-            folds.append(last.losses.flips)
-            probabilities.append(torch.stack([classify(moving), classify(last.warped_image_A)]))
+                trace = trace_steps(net, moving, fixed)
+            ratios.append(trace.similarity[-1] / trace.similarity[0])
+            folds.append(trace.flips[-1])
+            probabilities.append(classify(trace.warped.flatten(0, 1)).reshape(*trace.warped.shape[:2], -1))
+    steps = {len(p) for p in probabilities}
+    if len(steps) != 1:
+        raise ValueError(f"the networks take different numbers of steps ({sorted(s - 1 for s in steps)}); pass networks of one kind")
     shape = (len(nets), len(eval_digits))
     return DigitTransfer(
         list(nets), eval_digits,
         torch.stack(ratios).reshape(*shape, n), torch.stack(folds).reshape(*shape, n),
-        torch.stack(probabilities).reshape(*shape, 2, n, 10),
+        torch.stack(probabilities).reshape(*shape, steps.pop(), n, 10),
     )

@@ -198,11 +198,13 @@ def test_bootstrap_interval_rejects_bad_input():
 def test_digit_transfer_of_identity_networks_changes_nothing():
     uniform = lambda images: torch.full((len(images), 10), 0.1)  # noqa: E731
     transfer = digit_transfer({5: post_network(), 7: post_network()}, uniform, eval_digits=[1, 5, 7], n=4)
-    assert transfer.similarity_ratio.shape == (2, 3, 4) and transfer.probability.shape == (2, 3, 2, 4, 10)
+    assert transfer.similarity_ratio.shape == (2, 3, 4) and transfer.probability.shape == (2, 3, 10, 4, 10)
     assert torch.allclose(transfer.similarity_ratio, torch.ones(2, 3, 4))
     assert (transfer.folds == 0).all() and (transfer.drift(5) == 0).all()
     with pytest.raises(ValueError, match="nets is empty"):
         digit_transfer({}, uniform)
+    with pytest.raises(ValueError, match="different numbers of steps"):
+        digit_transfer({5: post_network(), 7: post_network(steps=3)}, uniform, eval_digits=[1], n=2)
 
 
 def test_digit_transfer_scores_the_input_and_the_result():
@@ -212,6 +214,10 @@ def test_digit_transfer_scores_the_input_and_the_result():
     transfer = digit_transfer({5: perturbed_post_network(std=3e-2)}, ink, eval_digits=[0], n=8)
     assert (transfer.similarity_ratio != 1).all()
     assert torch.equal(transfer.probability[0, 0, 0], ink(evaluation_pairs(0, 0, 8)[0]))
+    with torch.no_grad():
+        net = perturbed_post_network(std=3e-2)
+        warped = trace_steps(net, *evaluation_pairs(0, 0, 8)).warped
+    assert torch.equal(transfer.probability[0, 0, 4], ink(warped[4]))
 
 
 def test_chapter_05_figures_label_what_they_show(pairs):
