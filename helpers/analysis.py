@@ -1,12 +1,15 @@
 """Analysis probes: looking inside a multi-step registration, one step at a time."""
 
 import contextlib
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
 from . import warping
-from .losses import BendingLoss, DiffusionRegularizedNet
+from .data import evaluation_pairs
+from .losses import BendingLoss, DiffusionRegularizedNet, Registration
+from .models import inner_fcnet
+from .warping import Transform
 
 
 class StepTrace(NamedTuple):
@@ -125,3 +128,262 @@ def drift_toward(probabilities: torch.Tensor, digit: int) -> Drift:
     first_step = torch.where(later, steps, classified.shape[0]).amin(0)
     first_step = torch.where(became, first_step, torch.full_like(first_step, -1))
     return Drift(probabilities[..., digit], classified, became, first_step, became & ~classified[-1])
+
+
+# --- Hunting the inner objective (chapter 05) -------------------------------------------------
+#
+# A candidate objective is a function of a registration (φ, its grid, the warped image, every
+# loss field; see `helpers.losses.Registration`) returning one value per pair, lower = better.
+
+Objective = Callable[[Registration], torch.Tensor]
+
+
+def outer_loss(registration: Registration) -> torch.Tensor:
+    """The training loss per pair: 2·SSD(A ∘ φ, B) + λ·diffusion(φ) ([B])."""
+    return registration.losses.all_loss
+
+
+def fixed_similarity(registration: Registration) -> torch.Tensor:
+    """The similarity term alone, 2·SSD(A ∘ φ, B), without the regulariser ([B])."""
+    return registration.losses.similarity_loss
+
+
+class NearestImageSSD:
+    """SSD of the warped image to the closest of a set of reference images: min_r mean((A∘φ − r)²).
+
+    references: [R, 1, H, W], e.g. every training 5, to ask "is the warped image becoming a
+    training 5?". (The gradient is that of the SSD to the current nearest reference.)
+    """
+
+    def __init__(self, references: torch.Tensor):
+        if not isinstance(references, torch.Tensor) or references.dim() != 4 or len(references) == 0:
+            shape = list(references.shape) if isinstance(references, torch.Tensor) else type(references).__name__
+            raise ValueError(f"references must be a non-empty tensor [R, C, H, W], got {shape}")
+        self.references = references.flatten(1)
+
+    def __call__(self, registration: Registration) -> torch.Tensor:
+        warped = registration.warped_image_A.flatten(1)
+        if warped.shape[1] != self.references.shape[1]:
+            raise ValueError(f"warped images have {warped.shape[1]} values each, references {self.references.shape[1]}")
+        squared = (warped.pow(2).sum(1, keepdim=True) - 2 * warped @ self.references.T
+                   + self.references.pow(2).sum(1))
+        return squared.amin(1) / warped.shape[1]
+
+
+class ClassifierSurprise:
+    """−log P(digit | A ∘ φ) under a frozen classifier: low when the warped image looks like `digit`."""
+
+    def __init__(self, model: torch.nn.Module, digit: int):
+        if isinstance(digit, bool) or not isinstance(digit, int) or not 0 <= digit <= 9:
+            raise ValueError(f"digit must be an int in 0..9, got {digit!r}")
+        self.model, self.digit = model, digit
+
+    def __call__(self, registration: Registration) -> torch.Tensor:
+        logits = self.model(registration.warped_image_A)
+        return -logits.log_softmax(-1)[:, self.digit]
+
+
+class StepAlignment(NamedTuple):
+    """How K steps of a registration relate to one candidate objective L, per step and pair.
+
+    before, after: [K, B]  L after steps 1..k−1 and after steps 1..k
+    cosine:        [K, B]  cos(D_k, −∇L_k(0)) over all 2·H·W numbers of the field, NaN where
+                           D_k or the gradient is exactly zero (no direction to compare)
+    range_cosine:  [K, B]  cos(D_k, −P∇L_k(0)), P the orthogonal projection onto the fields the
+                           network can output at all (`output_basis`); NaN without a basis
+    """
+
+    before: torch.Tensor
+    after: torch.Tensor
+    cosine: torch.Tensor
+    range_cosine: torch.Tensor
+
+    @property
+    def lowered(self) -> torch.Tensor:
+        """[K, B] whether step k lowered L (strictly)."""
+        return self.after < self.before
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine between a and b [B, ...], flattened per pair: [B]; NaN where either is zero."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    return torch.where(norms > 0, (a * b).sum(1) / norms, torch.full_like(norms, float("nan"))).float()
+
+
+def output_basis(net: DiffusionRegularizedNet) -> torch.Tensor:
+    """An orthonormal basis [2·H·W, r] of the span of the fields the inner FCNet can output.
+
+    Its last layer maps 50 hidden units to the field, D = W h + b, so every D it outputs lies in
+    the span of W's 50 columns and b (r ≤ 51 of the 2·H·W = 1568 dimensions). Columns of zero
+    (an untrained network) give r = 0 basis vectors.
+    """
+    last = inner_fcnet(net).dense3
+    spanning = torch.cat([last.weight.detach(), last.bias.detach().unsqueeze(1)], 1).double()
+    u, singular, _ = torch.linalg.svd(spanning, full_matrices=False)
+    keep = singular > 1e-8 * max(1.0, float(singular.max()))
+    return u[:, keep].float()
+
+
+def descent_direction(
+    net: DiffusionRegularizedNet, before: Transform, moving: torch.Tensor, fixed: torch.Tensor,
+    objective: Objective, offset: float = 0.01,
+) -> torch.Tensor:
+    """−∇L_k(0): the direction in which an optimiser of L would move the next step's field.
+
+    L_k(E) = objective(net.evaluate(Φ ∘ (id + E), moving, fixed)), with Φ = `before` (the
+    transform of the steps so far) and E [B, 2, H, W] a displacement field composed exactly as
+    the network's own next step is. Bilinear interpolation has kinks at grid points, where
+    E = 0 sits, so the one-sided derivative autograd returns there (a forward difference) is
+    replaced by the symmetric one: the mean of ∇L_k at the two offsets E = ±(ε, ε), ε = `offset`
+    pixels, i.e. of the forward and the backward difference, a central difference.
+    Returns [B, 2, H, W] (the objective is per pair, so each pair's gradient is its own).
+    """
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not 0 < offset < 1:
+        raise ValueError(f"offset must be a number of pixels in (0, 1), got {offset!r}")
+    spacing = net.spacing.to(moving.dtype).view(1, 2, 1, 1)
+    total = torch.zeros(moving.shape[0], 2, *moving.shape[2:], dtype=moving.dtype)
+    for signs in ((1, 1), (-1, -1)):
+        shift = torch.tensor(signs, dtype=moving.dtype).view(1, 2, 1, 1) * offset * spacing
+        field = shift.expand_as(total).clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = objective(net.evaluate(warping.compose(before, warping.displacement_transform(field)), moving, fixed))
+            (gradient,) = torch.autograd.grad(value.sum(), field)
+        total += gradient
+    return -total / 2
+
+
+def step_alignment(
+    net: DiffusionRegularizedNet, moving: torch.Tensor, fixed: torch.Tensor,
+    objectives: dict[str, Objective], offset: float = 0.01, basis: torch.Tensor | None = None,
+) -> dict[str, StepAlignment]:
+    """For each candidate objective L, does each step of `net` lower L, and does it point downhill?
+
+    Runs `net` on the pairs (moving, fixed [B, C, H, W]) and, for every step k with field D_k,
+    compares D_k with −∇L_k(0) (see `descent_direction`) and L before and after the step. A step
+    that is a small gradient step on L has cosine 1; an optimiser of L has cosines > 0 and
+    lowers L. With `basis` [2·H·W, r] (from `output_basis`), also compares D_k with the part of
+    −∇L_k(0) the network could have output. Returns {name: StepAlignment}. The network runs
+    without gradients.
+    """
+    net.check_pair(moving, fixed)
+    if not objectives:
+        raise ValueError("objectives is empty: pass {name: objective} with at least one candidate")
+    with torch.no_grad():
+        steps = list(net.regis_net.steps(moving, fixed))
+    identity: Transform = lambda coordinates: coordinates  # noqa: E731
+    transforms = [identity] + [step.transform for step in steps]
+    results = {}
+    for name, objective in objectives.items():
+        before, after, cosines, range_cosines = [], [], [], []
+        with torch.no_grad():
+            values = [objective(net.evaluate(phi, moving, fixed)) for phi in transforms]
+        for k, step in enumerate(steps):
+            downhill = descent_direction(net, transforms[k], moving, fixed, objective, offset)
+            cosines.append(cosine(step.displacement, downhill))
+            if basis is None:
+                range_cosines.append(torch.full_like(cosines[-1], float("nan")))
+            else:
+                flat = downhill.flatten(1)
+                range_cosines.append(cosine(step.displacement, (flat @ basis) @ basis.T))
+            before.append(values[k])
+            after.append(values[k + 1])
+        results[name] = StepAlignment(*map(torch.stack, (before, after, cosines, range_cosines)))
+    return results
+
+
+class Interval(NamedTuple):
+    """A statistic with a percentile bootstrap interval: estimate, low, high."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def __format__(self, spec: str) -> str:
+        """'0.12 [0.10, 0.14]'; the format spec applies to each number (default '.2f')."""
+        spec = spec or ".2f"
+        return f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+    def __str__(self) -> str:
+        return format(self)
+
+
+def bootstrap_interval(
+    values: torch.Tensor, statistic: Callable[[torch.Tensor], torch.Tensor] = torch.mean,
+    level: float = 0.95, resamples: int = 2000, seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap over the first axis of `values` (one entry per pair, [n] or [n, ...]).
+
+    Draws `resamples` samples of n pairs with replacement (seeded), computes `statistic` on each
+    (it must reduce over axis 0 to a scalar), and returns the statistic on all pairs with the
+    (1 − level)/2 and (1 + level)/2 quantiles of the resampled statistics.
+    """
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() == 0 or len(values) < 2:
+        raise ValueError(f"need values with at least 2 pairs along axis 0, got shape {list(values.shape)}")
+    if not torch.isfinite(values).all():
+        raise ValueError("values contain NaN or inf; drop or fill them before bootstrapping")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 100:
+        raise ValueError(f"resamples must be an int >= 100, got {resamples!r}")
+    estimate = torch.as_tensor(statistic(values))
+    if estimate.dim() != 0:
+        raise ValueError(f"statistic must reduce the values to a scalar, got shape {list(estimate.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(len(values), (resamples, len(values)), generator=generator)
+    statistics = torch.stack([torch.as_tensor(statistic(values[index]), dtype=torch.float64) for index in draws])
+    low, high = torch.quantile(statistics, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return Interval(float(estimate), float(low), float(high))
+
+
+class DigitTransfer(NamedTuple):
+    """Networks trained on digits t (rows) registering pairs of digits e (columns), e → e.
+
+    train_digits, eval_digits: the row and column labels
+    similarity_ratio: [T, E, B]      similarity loss after the last step / before the first
+    folds:            [T, E, B]      folded cells after the last step
+    probability:      [T, E, K+1, B, 10]  classifier probabilities of the warped moving image
+                                     after each step k = 0..K (k = 0: the input itself)
+    """
+
+    train_digits: list
+    eval_digits: list
+    similarity_ratio: torch.Tensor
+    folds: torch.Tensor
+    probability: torch.Tensor
+
+    def drift(self, digit: int) -> torch.Tensor:
+        """[T, E, B]: change of P(digit) from the input to the last step, per pair."""
+        return self.probability[:, :, -1, :, digit] - self.probability[:, :, 0, :, digit]
+
+
+def digit_transfer(
+    nets: dict, classify: Callable[[torch.Tensor], torch.Tensor], eval_digits=range(10), n: int = 256, seed: int = 1234,
+) -> DigitTransfer:
+    """Run every network of `nets` ({training digit: DiffusionRegularizedNet}) on `n` held-out
+    pairs e → e of every digit e in `eval_digits` (`helpers.data.evaluation_pairs(e, e, n, seed)`,
+    the same pairs for every network), and score the warped moving image after every step with
+    `classify` (images [N, 1, H, W] -> probabilities [N, 10], e.g. `partial(predict_proba,
+    model)`). The networks must all take the same number of steps."""
+    if not nets:
+        raise ValueError("nets is empty: pass {training digit: network}")
+    eval_digits = list(eval_digits)
+    ratios, folds, probabilities = [], [], []
+    for net in nets.values():
+        for digit in eval_digits:
+            moving, fixed = evaluation_pairs(digit, digit, n, seed)
+            with torch.no_grad():
+                trace = trace_steps(net, moving, fixed)
+            ratios.append(trace.similarity[-1] / trace.similarity[0])
+            folds.append(trace.flips[-1])
+            probabilities.append(classify(trace.warped.flatten(0, 1)).reshape(*trace.warped.shape[:2], -1))
+    steps = {len(p) for p in probabilities}
+    if len(steps) != 1:
+        raise ValueError(f"the networks take different numbers of steps ({sorted(s - 1 for s in steps)}); pass networks of one kind")
+    shape = (len(nets), len(eval_digits))
+    return DigitTransfer(
+        list(nets), eval_digits,
+        torch.stack(ratios).reshape(*shape, n), torch.stack(folds).reshape(*shape, n),
+        torch.stack(probabilities).reshape(*shape, steps.pop(), n, 10),
+    )

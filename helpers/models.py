@@ -60,3 +60,18 @@ def inner_fcnet(net: losses.DiffusionRegularizedNet) -> FCNet:
     if len(fcnets) != 1:
         raise ValueError(f"expected exactly one shared FCNet in the network, found {len(fcnets)}")
     return next(iter(fcnets.values()))
+
+
+def with_steps(net: losses.DiffusionRegularizedNet, steps: int) -> losses.DiffusionRegularizedNet:
+    """The same trained inner module acting `steps` times instead (shared, not copied).
+
+    `net` is a network built by `post_network` (any number of steps); the result has its
+    loss (similarity and λ) and identity map, and the very same inner module, so it can
+    run a trained network for more steps than it was trained with.
+    """
+    leaves = {id(m): m for m in net.modules() if isinstance(m, FunctionFromVectorField)}
+    if len(leaves) != 1:
+        raise ValueError(f"expected exactly one shared inner FunctionFromVectorField, found {len(leaves)}")
+    extended = losses.DiffusionRegularizedNet(multistep(next(iter(leaves.values())), steps), net.similarity, net.lmbda)
+    extended.assign_identity_map((1, *net.image_shape))
+    return extended.train(net.training)

@@ -198,3 +198,69 @@ def plot_step_curves(traces: dict, title: str = ""):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def show_matrix(ax, values, row_labels, col_labels, title: str = "", fmt: str = "{:.2f}",
+                cmap: str = "viridis", vmin=None, vmax=None, xlabel: str = "", ylabel: str = ""):
+    """An annotated heatmap of `values` [R, C] (one number per cell, printed in it)."""
+    values = to_numpy(values)
+    artist = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    low, high = artist.get_clim()
+    for (row, col), value in np.ndenumerate(values):
+        shade = (value - low) / (high - low) if high > low else 0.5
+        ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=8,
+                color="black" if 0.25 < shade < 0.75 or (cmap == "viridis" and shade >= 0.75) else "white")
+    ax.set_xticks(range(len(col_labels)), [str(label) for label in col_labels])
+    ax.set_yticks(range(len(row_labels)), [str(label) for label in row_labels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    return artist
+
+
+def plot_long_run(traces: dict, trained_steps: int, title: str = ""):
+    """Runs longer than training (label -> StepTrace): the outer loss relative to step 0
+    (median, interquartile band), the size of each step's field in pixels (median root mean
+    square), and the folds; a dashed line marks the number of steps the network was trained for."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for label, trace in traces.items():
+        ratio = to_numpy(trace.losses.all_loss / trace.losses.all_loss[:1])
+        steps = np.arange(ratio.shape[0])
+        low, median, high = np.percentile(ratio, [25, 50, 75], axis=1)
+        (line,) = axes[0].plot(steps, median, label=label)
+        axes[0].fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        height = trace.displacement.shape[-2]
+        size = to_numpy(trace.displacement[1:].pow(2).flatten(2).mean(2).sqrt() * (height - 1))
+        axes[1].plot(steps[1:], np.median(size, axis=1), color=line.get_color(), label=label)
+        axes[2].plot(steps, to_numpy(trace.flips).mean(1), color=line.get_color(), label=label)
+    labels = ("outer loss / its value at step 0", "step size: rms of D_k (pixels)", "folded cells per pair (mean)")
+    for ax, ylabel in zip(axes, labels):
+        ax.axvline(trained_steps, color="gray", ls="--", lw=0.8)
+        ax.set_xlabel("registration step k")
+        ax.set_ylabel(ylabel)
+    axes[0].set_title(f"loss (median, 25–75%); trained for {trained_steps} steps", fontsize=9)
+    axes[1].set_title("how far each step moves (median)", fontsize=9)
+    axes[2].set_title("folds", fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(families: dict, title: str = ""):
+    """Similarity against folds for families of networks trained with several λ:
+    label -> (λ values, similarity [n], folds [n]), one point per network, labelled with its λ."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for label, (lambdas, similarity, folds) in families.items():
+        similarity, folds = to_numpy(similarity), to_numpy(folds)
+        order = np.argsort(lambdas)
+        ax.plot(folds[order], similarity[order], marker="o", label=label)
+        for lmbda, x, y in zip(lambdas, folds, similarity):
+            ax.annotate(f"λ={lmbda:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("folded cells per pair after registration (mean)")
+    ax.set_ylabel("held-out similarity loss (mean)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

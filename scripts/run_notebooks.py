@@ -2,6 +2,9 @@
 
 This is the main job behind `make run`: the notebooks write their figures into figures/,
 so running them regenerates those too. Exits non-zero if any cell fails.
+
+    python scripts/run_notebooks.py                 # all of them
+    python scripts/run_notebooks.py 05              # only those whose names start with 05
 """
 
 import sys
@@ -27,6 +30,13 @@ def execute(path: Path) -> float:
 
 def main() -> int:
     paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    prefixes = sys.argv[1:]
+    if prefixes:
+        unknown = [prefix for prefix in prefixes if not any(path.name.startswith(prefix) for path in paths)]
+        if unknown:
+            print(f"no notebook in notebooks/ starts with {unknown}; there are {[path.name for path in paths]}")
+            return 2
+        paths = [path for path in paths if path.name.startswith(tuple(prefixes))]
     if not paths:
         print("no notebooks in notebooks/ yet: nothing to execute")
     for path in paths:
