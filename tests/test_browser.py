@@ -267,6 +267,7 @@ def test_notebook_runs_in_jupyterlab_and_the_slider_redraws(browser, lab, notebo
         changed = f"before => {SCRUBBER_IMAGE_JS} !== before && {SCRUBBER_IMAGE_JS}"
         after = page.wait_for_function(changed, arg=before, timeout=60_000).json_value()
         assert after.startswith("data:image/png;base64,") and after != before
+        page.locator(IDLE).wait_for(timeout=60_000)  # every slider step drawn, for the screenshot
         page.screenshot(path=ARTIFACTS / f"{notebook}_jupyterlab_slider.png")
         tab.assert_clean()
 
