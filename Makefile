@@ -1,4 +1,4 @@
-# Two commands (see README):  `make run`  and  `make test`.
+# Two commands (see README):  `make run`  and  `make test`; `make lab` opens the collection.
 # Both create a project-local virtual environment in .venv on first use.
 
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test setup benchmark clean-venv
+.PHONY: run test lab setup benchmark clean-venv
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: execute every notebook in order, in place, each in a fresh kernel
-# (this regenerates figures/ and the shipped fives checkpoint).
+# (this regenerates figures/ and the shipped fives checkpoint), then export them to html/.
 run: $(STAMP)
 	$(PY) scripts/run_notebooks.py
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[benchmark]"
 	$(PY) benchmarks/performance.py
+
+# JupyterLab on the collection, with the project's settings (jupyter_config/): no news,
+# no update checks, nothing fetched from the internet.
+lab: $(STAMP)
+	JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter_config $(VENV)/bin/jupyter lab
 
 clean-venv:
 	rm -rf $(VENV)

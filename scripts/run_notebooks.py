@@ -1,4 +1,5 @@
-"""Execute every numbered notebook in notebooks/, in order, in place, each in a fresh kernel.
+"""Execute every numbered notebook in notebooks/, in order, in place, each in a fresh kernel,
+then export them to HTML in html/ (the offline edition, see export_html.py).
 
 This is the main job behind `make run`: the notebooks write their figures into figures/,
 so running them regenerates those too. Exits non-zero if any cell fails.
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import nbformat
+from export_html import HTML, export
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,8 @@ def main() -> int:
     for path in paths:
         print(f"executing {path.relative_to(ROOT)} ...", flush=True)
         print(f"  done in {execute(path):.1f} s", flush=True)
+    export(paths, HTML)
+    print(f"exported {len(paths)} notebooks to {HTML.relative_to(ROOT)}/ (open {HTML.relative_to(ROOT)}/*.html)")
     return 0
 
 

@@ -8,7 +8,10 @@ import torch
 from helpers.data import load_digits
 from helpers.losses import BendingLoss
 from helpers.models import inner_fcnet
-from helpers.train import CheckpointError, TrainConfig, TrainingDiverged, is_spike, load_checkpoint, save_checkpoint, train
+from helpers.train import (
+    CHECKPOINTS, CheckpointError, TrainConfig, TrainingDiverged, checkpoint_path, is_spike, load_checkpoint,
+    save_checkpoint, train,
+)
 
 SMALL = TrainConfig(steps=4, batch_size=8, seed=3)
 
@@ -121,6 +124,15 @@ def test_checkpoint_round_trip(small_run, tmp_path, fives):
     moving, fixed = fives[:4], fives[4:8]
     with torch.no_grad():
         assert torch.equal(small_run.net(moving, fixed).all_loss, loaded.net(moving, fixed).all_loss)
+
+
+def test_checkpoint_path_is_the_shipped_folder_unless_redirected(tmp_path, monkeypatch):
+    monkeypatch.delenv("HELPERS_CHECKPOINTS", raising=False)
+    assert checkpoint_path("fives") == CHECKPOINTS / "fives.pt" and checkpoint_path("fives").is_file()
+    monkeypatch.setenv("HELPERS_CHECKPOINTS", str(tmp_path))
+    assert checkpoint_path("fives") == tmp_path / "fives.pt"
+    with pytest.raises(ValueError, match="plain words"):
+        checkpoint_path("../fives")
 
 
 def test_corrupt_checkpoint(small_run, tmp_path):

@@ -1,0 +1,29 @@
+"""The offline HTML edition's export, without a browser (tests/test_browser.py opens it in one)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORT = ROOT / "scripts" / "export_html.py"
+
+
+def test_pages_load_require_js_and_the_widget_manager_from_their_folder(tmp_path):
+    notebook = ROOT / "notebooks" / "03_training_on_fives.ipynb"
+    subprocess.run([sys.executable, EXPORT, "--out", tmp_path, notebook], check=True, capture_output=True)
+    page = (tmp_path / "03_training_on_fives.html").read_text()
+    assert (tmp_path / "require.js").read_bytes() == (ROOT / "vendor" / "require.js").read_bytes()
+    assert (tmp_path / "embed-amd.js").read_bytes() == (ROOT / "vendor" / "embed-amd.js").read_bytes()
+    assert '<script src="require.js"></script>' in page
+    assert "var widgetRendererSrc = 'embed-amd.js';" in page
+    assert 'application/vnd.jupyter.widget-state+json' in page
+    scripts = re.findall(r'<script[^>]* src="([^"]+)"', page)
+    assert scripts == ["require.js"], scripts  # MathJax off: nothing from a CDN
+
+
+def test_a_missing_notebook_is_named(tmp_path):
+    result = subprocess.run([sys.executable, EXPORT, "--out", tmp_path, "notebooks/99_missing.ipynb"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "expected existing .ipynb files" in result.stderr and "99_missing.ipynb" in result.stderr
