@@ -215,12 +215,24 @@ def notebook_times():
 
     times = {}
     with tempfile.TemporaryDirectory() as folder:
-        copies = Path(folder) / "notebooks"
-        shutil.copytree(ROOT / "notebooks", copies)
-        (Path(folder) / "figures").mkdir()
-        for path in sorted(copies.glob("[0-9][0-9]_*.ipynb")):
-            print(f"  executing {path.name} ...", flush=True)
-            times[path.stem] = execute(path)
+        folder = Path(folder)
+        shutil.copytree(ROOT / "notebooks", folder / "notebooks")
+        # Checkpoints and figures go to the copy too (helpers reads these variables), so that
+        # the repository is left as it was.
+        shutil.copytree(checkpoint_path("fives").parent, folder / "checkpoints")
+        (folder / "figures").mkdir()
+        saved = {name: os.environ.get(name) for name in ("HELPERS_CHECKPOINTS", "HELPERS_FIGURES")}
+        os.environ.update(HELPERS_CHECKPOINTS=str(folder / "checkpoints"), HELPERS_FIGURES=str(folder / "figures"))
+        try:
+            for path in sorted((folder / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+                print(f"  executing {path.name} ...", flush=True)
+                times[path.stem] = execute(path)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return times
 
 
