@@ -5,9 +5,11 @@ without a custom widget manager. The drawing is plain matplotlib on one Figure w
 artists are updated in place; `tests/` drive it by setting slider values.
 """
 
+import io
+
 import ipywidgets as widgets
 import numpy as np
-from IPython.display import display
+from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from .plotting import grid_lines, show_difference, show_displacement, show_grid, show_image, to_numpy
@@ -67,9 +69,12 @@ class StepScrubber:
         self.title.set_text(
             f"{self.description}pair {pair}, step {k}: similarity loss {similarity:.4f}, folded cells {folds:.0f}"
         )
+        # As a PNG, so that it shows even where no matplotlib display hook is set up yet.
+        png = io.BytesIO()
+        self.figure.savefig(png, format="png")
         self.output.clear_output(wait=True)
         with self.output:
-            display(self.figure)
+            display(Image(data=png.getvalue(), format="png"))
 
     def shown_arrays(self) -> dict:
         """What is drawn now, as arrays (for tests and for readers who want the numbers)."""
