@@ -193,7 +193,7 @@ class _CompiledSample(torch.autograd.Function):
             points.shape[2], _address(out), torch.get_num_threads(),
         )
         ctx.save_for_backward(values, points)
-        ctx.coordinate_shape = coordinates.shape
+        ctx.coordinate_shape, ctx.stride = coordinates.shape, stride
         return out
 
     @staticmethod
@@ -201,7 +201,7 @@ class _CompiledSample(torch.autograd.Function):
     def backward(ctx, grad_out):
         values, points = ctx.saved_tensors
         batch, channels, height, width = values.shape
-        stride = 0 if points.shape[0] == 1 and batch > 1 else points.shape[1] * points.shape[2]
+        stride = ctx.stride
         grad_out = grad_out.contiguous()  # kept alive: the kernel only gets its address
         grad_values = torch.zeros_like(values) if ctx.needs_input_grad[0] else None
         grad_points = values.new_empty(batch, 2, points.shape[2]) if ctx.needs_input_grad[1] else None
