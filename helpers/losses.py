@@ -120,7 +120,9 @@ class DiffusionRegularizedNet(RegistrationModule):
     def evaluate(self, phi: Transform, moving: torch.Tensor, fixed: torch.Tensor) -> Registration:
         """Warp `moving` by the transform φ and score it against `fixed` (inputs not re-checked)."""
         identity = self.identity_map
-        phi_grid = phi(identity).expand(moving.shape[0], -1, -1, -1)
+        phi_grid = phi(identity)
+        if len(phi_grid) != len(moving):  # a transform that ignores the batch, e.g. the identity
+            phi_grid = phi_grid.expand(len(moving), -1, -1, -1)
         warped = as_function(moving)(phi_grid)
         losses = pair_losses(phi_grid, identity, warped, fixed, self.similarity, self.lmbda)
         return Registration(phi, phi_grid, warped, losses)

@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple
 import torch
 from torch import nn
 
-from .coordinates import check_image_pair, identity_map
+from .coordinates import all_finite, check_image_pair, identity_map
 from .warping import Transform, as_function, compose, displacement_transform
 
 
@@ -116,7 +116,7 @@ class FunctionFromVectorField(RegistrationModule):
                 f"the wrapped network returned a displacement of shape {list(displacement.shape)}, "
                 f"expected {list(expected)}"
             )
-        if not torch.isfinite(displacement).all():
+        if not all_finite(displacement):
             # Interpolating at NaN/inf coordinates can crash PyTorch's CPU sampler outright.
             raise FloatingPointError(
                 "the wrapped network returned NaN or inf displacements: its weights have diverged"

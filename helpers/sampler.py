@@ -128,6 +128,7 @@ def _build() -> ctypes.CDLL:
         kernel.sample_backward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, pointer, pointer, count]
         kernel.chain_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, count, pointer, pointer, count]
         kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, count]
+        kernel.chain_forward.restype = kernel.chain_backward.restype = ctypes.c_int64
         return kernel
     raise RuntimeError("compiling helpers/_bilinear.c failed:\n" + "\n".join(errors))
 
@@ -181,6 +182,11 @@ def _is_pixel_grid(coordinates: torch.Tensor, height: int, width: int) -> bool:
     return torch.equal(coordinates, _pixel_grids[height, width])
 
 
+def _succeeded(failed_images: int) -> None:
+    if failed_images:
+        raise MemoryError(f"the compiled sampler could not allocate scratch memory for {failed_images} image(s)")
+
+
 class _CompiledSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, coordinates):
@@ -225,12 +231,14 @@ class _CompiledChain(torch.autograd.Function):
         batch, _, height, width = fields[0].shape
         points, stride = _points(coordinates, batch)
         out = fields[0].new_empty(batch, 2, *coordinates.shape[2:])
-        visited = fields[0].new_empty(batch, len(fields), 2, points.shape[2])
+        # Where each field is evaluated, as (row, column) pairs, for the backward pass (if any).
+        visited = fields[0].new_empty(batch, len(fields), points.shape[2], 2) if any(ctx.needs_input_grad) else None
         on_grid = not coordinates.requires_grad and _is_pixel_grid(coordinates, height, width)
-        compiled_kernel().chain_forward(
+        _succeeded(compiled_kernel().chain_forward(
             _addresses(fields), len(fields), batch, height, width, _address(points), stride,
-            points.shape[2], on_grid, _address(out), _address(visited), torch.get_num_threads(),
-        )
+            points.shape[2], on_grid, _address(out), _address(visited) if visited is not None else None,
+            torch.get_num_threads(),
+        ))
         ctx.save_for_backward(visited, *fields)
         ctx.on_grid = on_grid
         ctx.coordinate_shape = coordinates.shape
@@ -244,11 +252,11 @@ class _CompiledChain(torch.autograd.Function):
         # The kernel turns this copy of the output gradient into the coordinates' gradient.
         grad_points = grad_out.reshape(batch, 2, -1).contiguous().clone()
         grad_fields = [torch.empty_like(field) for field in fields]
-        compiled_kernel().chain_backward(
+        _succeeded(compiled_kernel().chain_backward(
             _addresses(fields), len(fields), batch, height, width, _address(visited),
-            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
+            visited.shape[2], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
             torch.get_num_threads(),
-        )
+        ))
         if not ctx.needs_input_grad[0]:
             grad_points = None
         elif ctx.coordinate_shape[0] < batch:

@@ -37,7 +37,12 @@ def interpolate(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor
             f"got {list(values.shape)} and {list(coordinates.shape)}"
         )
     batch = _batch("interpolate", values.shape[0], coordinates.shape[0])
-    return sampler.sample(values.expand(batch, -1, -1, -1), coordinates)
+    return sampler.sample(_expanded(values, batch), coordinates)
+
+
+def _expanded(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """tensor [1 or batch, ...] as [batch, ...] (no autograd node when it already is)."""
+    return tensor if len(tensor) == batch else tensor.expand(batch, *tensor.shape[1:])
 
 
 def as_function(image: torch.Tensor) -> Transform:
@@ -64,7 +69,7 @@ class DisplacementChain:
         if coordinates.dim() != 4 or coordinates.shape[1] != 2:
             raise ValueError(f"a transform takes coordinates [B, 2, H, W], got {list(coordinates.shape)}")
         batch = _batch("displacement chain", coordinates.shape[0], *(len(d) for d in self.displacements))
-        fields = [d.expand(batch, -1, -1, -1) for d in self.displacements]
+        fields = [_expanded(d, batch) for d in self.displacements]
         return sampler.chain(fields, coordinates)
 
 

@@ -45,14 +45,14 @@ MUTATIONS = {
     ),
     "compiled: gradient scattered to the wrong corner": (
         "_bilinear.c",
-        "p[1] += g * (1.0f - wr) * wc;",
-        "p[W] += g * (1.0f - wr) * wc;",
+        "v8 add[8] = {g0 * (1.0f - wr) * (1.0f - wc), g1 * (1.0f - wr) * (1.0f - wc),",
+        "v8 add[8] = {g0 * (1.0f - wr) * wc, g1 * (1.0f - wr) * (1.0f - wc),",
         "compiled",
     ),
     "compiled: chain rule without the identity term": (
         "_bilinear.c",
-        "g_rows[n] = g_row + g_row * drow_drow + g_col * dcol_drow;",
-        "g_rows[n] = g_row * drow_drow + g_col * dcol_drow;",
+        "store8(g_rows + n, g0 + g0 * d0_drow + g1 * d1_drow);",
+        "store8(g_rows + n, g0 * d0_drow + g1 * d1_drow);",
         "compiled",
     ),
 }

@@ -88,6 +88,37 @@ def test_chain_off_the_grid_with_coordinate_gradients():
     assert_same(both(chain, [points, *fields]))
 
 
+@pytest.mark.parametrize("on_grid", [True, False], ids=["on the grid", "off the grid"])
+def test_chain_on_a_rectangular_image_with_leftover_points(on_grid):
+    # The kernel takes points eight at a time: 11 × 13 = 143 and 5 × 7 = 35 points leave
+    # 7 and 3 over, which take the one-point path.
+    fields = [(torch.randn(3, 2, 11, 13, generator=torch.Generator().manual_seed(k)) * 0.05).requires_grad_()
+              for k in range(3)]
+    if on_grid:
+        points = identity_map((1, 1, 11, 13))
+    else:
+        points = (torch.rand(3, 2, 5, 7, generator=torch.Generator().manual_seed(7)) * 1.2 - 0.1).requires_grad_()
+
+    def chain(points, *fields):
+        return DisplacementChain(fields)(points)
+
+    assert_same(both(chain, [points, *fields]))
+
+
+def test_nan_points_stay_nan_through_a_chain():
+    fields = [smooth_field(1, seed=k) for k in range(3)]
+    points = identity_map((1, 1, 28, 28)).clone()
+    points[0, 0, 3, 4] = float("nan")  # inside the first group of eight points of row 3
+    points[0, 1, 27, 27] = float("nan")
+    out = DisplacementChain(fields)(points)
+    # A NaN coordinate stays NaN (p + D(p)); the other coordinate of the point moves on as
+    # if the NaN were 0, exactly as with grid_sample.
+    assert out[0, 0, 3, 4].isnan() and out[0, 1, 27, 27].isnan() and out.isnan().sum() == 2
+    with sampler.using("reference"):
+        reference = DisplacementChain(fields)(points)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-6, equal_nan=True)
+
+
 def test_shared_coordinates_get_the_batch_sum_of_gradients():
     fields = [smooth_field(3, seed=k).requires_grad_() for k in range(3)]
     points = (identity_map((1, 1, 28, 28)) + 0.01).requires_grad_()
