@@ -83,56 +83,6 @@ static inline void scatter(float *grad_image, const Cell *cell, int64_t W, float
     p[W + 1] += g * wr * wc;
 }
 
-/* coordinates: [B or 1, 2, N] (coords_batch_stride 0 shares one set among the batch). */
-void sample_forward(const float *values, int64_t B, int64_t C, int64_t H, int64_t W,
-                    const float *coords, int64_t coords_batch_stride, int64_t N,
-                    float *out, int threads) {
-    int64_t b;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (b = 0; b < B; b++) {
-        const float *rows = coords + b * coords_batch_stride, *cols = rows + N;
-        for (int64_t n = 0; n < N; n++) {
-            Cell cell = locate(rows[n], cols[n], H, W);
-            int lost = isnan(rows[n]) || isnan(cols[n]); /* NaN in, NaN out, as for any arithmetic */
-            for (int64_t c = 0; c < C; c++) {
-                Corners v = corners(values + (b * C + c) * H * W, &cell, W);
-                out[(b * C + c) * N + n] = lost ? NAN : interpolate(&v, &cell);
-            }
-        }
-    }
-}
-
-/* grad_values [B, C, H, W] (zeroed by the caller; NULL to skip) and grad_coords [B, 2, N]
- * (written, one per image even when the coordinates are shared; NULL to skip). */
-void sample_backward(const float *values, int64_t B, int64_t C, int64_t H, int64_t W,
-                     const float *coords, int64_t coords_batch_stride, int64_t N,
-                     const float *grad_out, float *grad_values, float *grad_coords, int threads) {
-    int64_t b;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (b = 0; b < B; b++) {
-        const float *rows = coords + b * coords_batch_stride, *cols = rows + N;
-        for (int64_t n = 0; n < N; n++) {
-            Cell cell = locate(rows[n], cols[n], H, W);
-            float g_row = 0.0f, g_col = 0.0f;
-            for (int64_t c = 0; c < C; c++) {
-                float g = grad_out[(b * C + c) * N + n];
-                if (grad_values) scatter(grad_values + (b * C + c) * H * W, &cell, W, g);
-                if (grad_coords) {
-                    Corners v = corners(values + (b * C + c) * H * W, &cell, W);
-                    float d_row, d_col;
-                    slopes(&v, &cell, &d_row, &d_col);
-                    g_row += g * d_row;
-                    g_col += g * d_col;
-                }
-            }
-            if (grad_coords) {
-                grad_coords[(b * 2) * N + n] = g_row;
-                grad_coords[(b * 2 + 1) * N + n] = g_col;
-            }
-        }
-    }
-}
-
 /* ------------------------------------------------------------------ chains of fields
  *
  * A chain visits one field at a time, all N points of an image per field, so the points'
@@ -383,4 +333,132 @@ int64_t chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t
         free(packed);
     }
     return failed;
+}
+
+/* ------------------------------------------------------------------ sampling an image */
+
+typedef float v2 __attribute__((vector_size(8)));
+static inline v2 load2(const float *p) { v2 v; memcpy(&v, p, sizeof v); return v; }
+
+/* (image[o_j], image[o_j + 1]) for eight offsets, as two 8-lane vectors (lane j: point j). */
+static inline void pairs8(const float *image, const int32_t o[LANES], v8 *left, v8 *right) {
+    v4 a = __builtin_shufflevector(load2(image + o[0]), load2(image + o[1]), 0, 1, 2, 3);
+    v4 b = __builtin_shufflevector(load2(image + o[2]), load2(image + o[3]), 0, 1, 2, 3);
+    v4 c = __builtin_shufflevector(load2(image + o[4]), load2(image + o[5]), 0, 1, 2, 3);
+    v4 d = __builtin_shufflevector(load2(image + o[6]), load2(image + o[7]), 0, 1, 2, 3);
+    v8 low = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
+    v8 high = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7);
+    *left = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14);
+    *right = __builtin_shufflevector(low, high, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+/* Cells of eight points in a planar image: offsets i·W + j, weights and slopes. */
+static inline Cells locate_pixels(v8 rows, v8 cols, const Axis *ax_row, const Axis *ax_col, int32_t W) {
+    Cells c;
+    v8i i = locate8(rows, ax_row, &c.wrow, &c.drow), j = locate8(cols, ax_col, &c.wcol, &c.dcol);
+    v8i offset = i * W + j;
+    memcpy(c.offset, &offset, sizeof offset);
+    return c;
+}
+
+/* coordinates: [B or 1, 2, N] (coords_batch_stride 0 shares one set among the batch). */
+void sample_forward(const float *values, int64_t B, int64_t C, int64_t H, int64_t W,
+                    const float *coords, int64_t coords_batch_stride, int64_t N,
+                    float *out, int threads) {
+    const Axis ax_row = axis_of(H), ax_col = axis_of(W);
+    const v8 nan = {NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+    int64_t b;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (b = 0; b < B; b++) {
+        const float *rows = coords + b * coords_batch_stride, *cols = rows + N;
+        int64_t n = 0;
+        for (; n + LANES <= N; n += LANES) {
+            v8 r = load8(rows + n), c = load8(cols + n);
+            Cells cell = locate_pixels(r, c, &ax_row, &ax_col, (int32_t)W);
+            v8i lost = (r != r) | (c != c); /* NaN in, NaN out, as for any arithmetic */
+            v8 wr = cell.wrow, wc = cell.wcol;
+            for (int64_t ch = 0; ch < C; ch++) {
+                const float *image = values + (b * C + ch) * H * W;
+                v8 nw, ne, sw, se;
+                pairs8(image, cell.offset, &nw, &ne);
+                pairs8(image + W, cell.offset, &sw, &se);
+                v8 value = (1.0f - wr) * ((1.0f - wc) * nw + wc * ne) + wr * ((1.0f - wc) * sw + wc * se);
+                store8(out + (b * C + ch) * N + n, choose(lost, nan, value));
+            }
+        }
+        for (; n < N; n++) {
+            Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
+            int lost = isnan(rows[n]) || isnan(cols[n]);
+            for (int64_t ch = 0; ch < C; ch++) {
+                Corners v = corners(values + (b * C + ch) * H * W, &cell, (int32_t)W);
+                out[(b * C + ch) * N + n] = lost ? NAN : interpolate(&v, &cell);
+            }
+        }
+    }
+}
+
+/* grad_values [B, C, H, W] (zeroed by the caller; NULL to skip) and grad_coords [B, 2, N]
+ * (written, one per image even when the coordinates are shared; NULL to skip). */
+void sample_backward(const float *values, int64_t B, int64_t C, int64_t H, int64_t W,
+                     const float *coords, int64_t coords_batch_stride, int64_t N,
+                     const float *grad_out, float *grad_values, float *grad_coords, int threads) {
+    const Axis ax_row = axis_of(H), ax_col = axis_of(W);
+    int64_t b;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (b = 0; b < B; b++) {
+        const float *rows = coords + b * coords_batch_stride, *cols = rows + N;
+        int64_t n = 0;
+        for (; n + LANES <= N; n += LANES) {
+            Cells cell = locate_pixels(load8(rows + n), load8(cols + n), &ax_row, &ax_col, (int32_t)W);
+            v8 wr = cell.wrow, wc = cell.wcol, g_row = {0}, g_col = {0};
+            for (int64_t ch = 0; ch < C; ch++) {
+                const float *image = values + (b * C + ch) * H * W;
+                v8 g = load8(grad_out + (b * C + ch) * N + n);
+                if (grad_values) { /* scatter(), point by point in ascending order */
+                    v8 add[4] = {g * (1.0f - wr) * (1.0f - wc), g * (1.0f - wr) * wc,
+                                 g * wr * (1.0f - wc), g * wr * wc};
+                    float *target = grad_values + (b * C + ch) * H * W;
+                    for (int j = 0; j < LANES; j++) {
+                        float *q = target + cell.offset[j];
+                        q[0] += add[0][j];
+                        q[1] += add[1][j];
+                        q[W] += add[2][j];
+                        q[W + 1] += add[3][j];
+                    }
+                }
+                if (grad_coords) { /* slopes() */
+                    v8 nw, ne, sw, se;
+                    pairs8(image, cell.offset, &nw, &ne);
+                    pairs8(image + W, cell.offset, &sw, &se);
+                    v8 d_row = ((1.0f - wc) * (sw - nw) + wc * (se - ne)) * cell.drow;
+                    v8 d_col = ((1.0f - wr) * (ne - nw) + wr * (se - sw)) * cell.dcol;
+                    g_row += g * d_row;
+                    g_col += g * d_col;
+                }
+            }
+            if (grad_coords) {
+                store8(grad_coords + (b * 2) * N + n, g_row);
+                store8(grad_coords + (b * 2 + 1) * N + n, g_col);
+            }
+        }
+        for (; n < N; n++) {
+            Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
+            float g_row = 0.0f, g_col = 0.0f;
+            for (int64_t ch = 0; ch < C; ch++) {
+                float g = grad_out[(b * C + ch) * N + n];
+                if (grad_values) scatter(grad_values + (b * C + ch) * H * W, &cell, W, g);
+                if (grad_coords) {
+                    Corners v = corners(values + (b * C + ch) * H * W, &cell, (int32_t)W);
+                    float d_row, d_col;
+                    slopes(&v, &cell, &d_row, &d_col);
+                    g_row += g * d_row;
+                    g_col += g * d_col;
+                }
+            }
+            if (grad_coords) {
+                grad_coords[(b * 2) * N + n] = g_row;
+                grad_coords[(b * 2 + 1) * N + n] = g_col;
+            }
+        }
+    }
 }
