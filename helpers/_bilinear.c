@@ -171,23 +171,15 @@ static inline Cells locate_points(v8 rows, v8 cols, const Axis *ax_row, const Ax
     return c;
 }
 
-/* Channels-first [2, H, W] -> channels-last [H, W, 2], and back. */
-static void pack(const float *field, int64_t HW, float *packed) {
-    for (int64_t n = 0; n < HW; n++) {
-        packed[2 * n] = field[n];
-        packed[2 * n + 1] = field[HW + n];
-    }
-}
-static void unpack(const float *packed, int64_t HW, float *field) {
-    for (int64_t n = 0; n < HW; n++) {
-        field[n] = packed[2 * n];
-        field[HW + n] = packed[2 * n + 1];
-    }
+/* One channel's corners in a packed field. */
+static inline Corners packed_corners(const float *packed, const Cell *cell, int32_t W, int channel) {
+    const float *p = packed + 2 * (cell->row * W + cell->col) + channel;
+    Corners v = {p[0], p[2], p[2 * W], p[2 * W + 2]};
+    return v;
 }
 
-/* p ← p + D(p) for the N points of one image, (rows, cols) -> (to_rows, to_cols); D is
- * given planar (for the leftover points) and packed. */
-static void chain_step(const float *field, const float *packed, int64_t H, int64_t W,
+/* p ← p + D(p) for the N points of one image, (rows, cols) -> (to_rows, to_cols). */
+static void chain_step(const float *packed, int64_t H, int64_t W,
                        const Axis *ax_row, const Axis *ax_col, const float *rows,
                        const float *cols, float *to_rows, float *to_cols, int64_t N) {
     int64_t n = 0;
@@ -204,35 +196,29 @@ static void chain_step(const float *field, const float *packed, int64_t H, int64
     }
     for (; n < N; n++) {
         Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
-        Corners d_row = corners(field, &cell, (int32_t)W), d_col = corners(field + H * W, &cell, (int32_t)W);
+        Corners d_row = packed_corners(packed, &cell, (int32_t)W, 0), d_col = packed_corners(packed, &cell, (int32_t)W, 1);
         to_rows[n] = rows[n] + interpolate(&d_row, &cell);
         to_cols[n] = cols[n] + interpolate(&d_col, &cell);
     }
 }
 
-/* fields: K pointers to displacement fields [B, 2, H, W], in the order they are applied.
- * visited [B, K, 2, N] receives where each field was evaluated, for the backward pass
+/* fields: K pointers to displacement fields packed channels-last, [B, H, W, 2], in the
+ * order they are applied. visited [B, K, 2, N] receives where each field was evaluated, for the backward pass
  * (NULL: not needed). on_grid != 0 promises that the coordinates are the pixel grid itself
  * (N = H·W), where the first field needs no interpolation: D(x) is D's value at that pixel.
- * out [B, 2, N] receives the final positions. Returns the number of images skipped for lack
- * of memory (0). */
-int64_t chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
+ * out [B, 2, N] receives the final positions. */
+void chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
                       const float *coords, int64_t coords_batch_stride, int64_t N, int on_grid,
                       float *out, float *visited, int threads) {
     const Axis ax_row = axis_of(H), ax_col = axis_of(W);
     const int64_t HW = H * W;
-    int64_t b, failed = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : failed)
+    int64_t b;
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (b = 0; b < B; b++) {
-        float *packed = malloc(2 * HW * sizeof(float));
-        if (!packed) {
-            failed++;
-            continue;
-        }
         float *rows = out + b * 2 * N, *cols = rows + N;
         memcpy(rows, coords + b * coords_batch_stride, 2 * N * sizeof(float));
         for (int64_t k = 0; k < K; k++) {
-            const float *field = fields[k] + b * 2 * HW;
+            const float *packed = fields[k] + b * 2 * HW;
             const float *at_rows = rows, *at_cols = cols;
             if (visited) {
                 float *at = visited + (b * K + k) * 2 * N;
@@ -241,47 +227,43 @@ int64_t chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t 
                 at_cols = at + N;
             }
             if (k == 0 && on_grid) {
-                for (int64_t n = 0; n < 2 * N; n++) rows[n] += field[n];
+                for (int64_t n = 0; n < N; n++) {
+                    rows[n] += packed[2 * n];
+                    cols[n] += packed[2 * n + 1];
+                }
             } else {
-                pack(field, HW, packed);
-                chain_step(field, packed, H, W, &ax_row, &ax_col, at_rows, at_cols, rows, cols, N);
+                chain_step(packed, H, W, &ax_row, &ax_col, at_rows, at_cols, rows, cols, N);
             }
         }
-        free(packed);
     }
-    return failed;
 }
 
 /* grad_out [B, 2, N] is overwritten: it becomes the gradient with respect to the coordinates
  * (unless on_grid, where the coordinates are the fixed pixel grid and it is left unfinished).
- * grad_fields: K pointers to [B, 2, H, W] buffers, overwritten with the fields' gradients.
- * Returns the number of images skipped for lack of memory (0). */
-int64_t chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
+ * grad_fields: K pointers to [B, H, W, 2] buffers (packed, like the fields), overwritten
+ * with the fields' gradients. */
+void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
                        const float *visited, int64_t N, int on_grid, float *grad_out,
                        float *const *grad_fields, int threads) {
     const Axis ax_row = axis_of(H), ax_col = axis_of(W);
     const int64_t HW = H * W;
     const int32_t row = 2 * (int32_t)W; /* a packed field's row stride */
-    int64_t b, failed = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : failed)
+    int64_t b;
+#pragma omp parallel for num_threads(threads) schedule(static)
     for (b = 0; b < B; b++) {
-        float *packed = malloc(4 * HW * sizeof(float));
-        if (!packed) {
-            failed++;
-            continue;
-        }
-        float *grad_packed = packed + 2 * HW;
         float *g_rows = grad_out + b * 2 * N, *g_cols = g_rows + N;
         /* Walk back through the fields: p_out = p + D(p) gives dL/dp = g + J_D(p)^T g. */
         for (int64_t k = K - 1; k >= 0; k--) {
-            const float *field = fields[k] + b * 2 * HW;
-            float *grad_field = grad_fields[k] + b * 2 * HW;
+            const float *packed = fields[k] + b * 2 * HW;
+            float *grad_packed = grad_fields[k] + b * 2 * HW;
             const float *rows = visited + (b * K + k) * 2 * N, *cols = rows + N;
             if (k == 0 && on_grid) {
-                for (int64_t n = 0; n < 2 * HW; n++) grad_field[n] = 0.0f + g_rows[n];
+                for (int64_t n = 0; n < N; n++) {
+                    grad_packed[2 * n] = 0.0f + g_rows[n];
+                    grad_packed[2 * n + 1] = 0.0f + g_cols[n];
+                }
                 continue;
             }
-            pack(field, HW, packed);
             memset(grad_packed, 0, 2 * HW * sizeof(float));
             int64_t n = 0;
             for (; n + LANES <= N; n += LANES) {
@@ -321,18 +303,16 @@ int64_t chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t
                     q[corner] += add[corner];
                     q[row + corner] += add[4 + corner];
                 }
-                Corners d_row = corners(field, &cell, (int32_t)W), d_col = corners(field + HW, &cell, (int32_t)W);
+                Corners d_row = packed_corners(packed, &cell, (int32_t)W, 0);
+                Corners d_col = packed_corners(packed, &cell, (int32_t)W, 1);
                 float drow_drow, drow_dcol, dcol_drow, dcol_dcol;
                 slopes(&d_row, &cell, &drow_drow, &drow_dcol);
                 slopes(&d_col, &cell, &dcol_drow, &dcol_dcol);
                 g_rows[n] = g_row + g_row * drow_drow + g_col * dcol_drow;
                 g_cols[n] = g_col + g_row * drow_dcol + g_col * dcol_dcol;
             }
-            unpack(grad_packed, HW, grad_field);
         }
-        free(packed);
     }
-    return failed;
 }
 
 /* ------------------------------------------------------------------ sampling an image */

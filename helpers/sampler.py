@@ -13,9 +13,9 @@ tests/test_sampler.py):
   padding), one call per image or field: icon_registration's arithmetic, operation for
   operation.
 - "compiled": helpers/_bilinear.c, a small C kernel with a hand-written backward pass, built
-  by the system's C compiler on first use and cached. It walks a whole chain of fields point
-  by point in one pass, where the reference makes a grid_sample call (and several tensor
-  operations) per field. benchmarks/RESULTS.md measures the difference.
+  by the system's C compiler on first use and cached. It takes points eight at a time and
+  walks a whole chain of fields in one call, where the reference makes a grid_sample call
+  (and several tensor operations) per field. benchmarks/RESULTS.md measures the difference.
 
 The compiled kernel serves float32 tensors on the CPU whenever a C compiler is available;
 everything else (float64, CUDA) uses the reference. Set the environment variable
@@ -128,7 +128,6 @@ def _build() -> ctypes.CDLL:
         kernel.sample_backward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, pointer, pointer, count]
         kernel.chain_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, count, pointer, pointer, count]
         kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, count]
-        kernel.chain_forward.restype = kernel.chain_backward.restype = ctypes.c_int64
         return kernel
     raise RuntimeError("compiling helpers/_bilinear.c failed:\n" + "\n".join(errors))
 
@@ -182,11 +181,6 @@ def _is_pixel_grid(coordinates: torch.Tensor, height: int, width: int) -> bool:
     return torch.equal(coordinates, _pixel_grids[height, width])
 
 
-def _succeeded(failed_images: int) -> None:
-    if failed_images:
-        raise MemoryError(f"the compiled sampler could not allocate scratch memory for {failed_images} image(s)")
-
-
 class _CompiledSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, coordinates):
@@ -225,20 +219,22 @@ class _CompiledSample(torch.autograd.Function):
 
 
 class _CompiledChain(torch.autograd.Function):
+    """The chain through fields given channels-last, [B, H, W, 2] (see `Field`)."""
+
     @staticmethod
     def forward(ctx, coordinates, *fields):
         fields = [field.detach().contiguous() for field in fields]
-        batch, _, height, width = fields[0].shape
+        batch, height, width, _ = fields[0].shape
         points, stride = _points(coordinates, batch)
         out = fields[0].new_empty(batch, 2, *coordinates.shape[2:])
-        # Where each field is evaluated, as (row, column) pairs, for the backward pass (if any).
-        visited = fields[0].new_empty(batch, len(fields), points.shape[2], 2) if any(ctx.needs_input_grad) else None
+        # Where each field is evaluated, for the backward pass (if there will be one).
+        visited = fields[0].new_empty(batch, len(fields), 2, points.shape[2]) if any(ctx.needs_input_grad) else None
         on_grid = not coordinates.requires_grad and _is_pixel_grid(coordinates, height, width)
-        _succeeded(compiled_kernel().chain_forward(
+        compiled_kernel().chain_forward(
             _addresses(fields), len(fields), batch, height, width, _address(points), stride,
             points.shape[2], on_grid, _address(out), _address(visited) if visited is not None else None,
             torch.get_num_threads(),
-        ))
+        )
         ctx.save_for_backward(visited, *fields)
         ctx.on_grid = on_grid
         ctx.coordinate_shape = coordinates.shape
@@ -248,15 +244,15 @@ class _CompiledChain(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         visited, *fields = ctx.saved_tensors
-        batch, _, height, width = fields[0].shape
+        batch, height, width, _ = fields[0].shape
         # The kernel turns this copy of the output gradient into the coordinates' gradient.
         grad_points = grad_out.reshape(batch, 2, -1).contiguous().clone()
         grad_fields = [torch.empty_like(field) for field in fields]
-        _succeeded(compiled_kernel().chain_backward(
+        compiled_kernel().chain_backward(
             _addresses(fields), len(fields), batch, height, width, _address(visited),
-            visited.shape[2], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
+            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
             torch.get_num_threads(),
-        ))
+        )
         if not ctx.needs_input_grad[0]:
             grad_points = None
         elif ctx.coordinate_shape[0] < batch:
@@ -264,6 +260,28 @@ class _CompiledChain(torch.autograd.Function):
         else:
             grad_points = grad_points.reshape(ctx.coordinate_shape)
         return (grad_points, *grad_fields)
+
+
+class Field:
+    """A displacement field [B, 2, H, W], with the channels-last copy [B, H, W, 2] that the
+    compiled kernel reads (a cell's four corners of both channels in two 16-byte rows).
+
+    The copy is made once, on first use, and shared by every chain that holds this Field:
+    in the post's world step k's field is walked through by the chains of steps k to 9,
+    and gradients reach `values` through the copy (autograd sums them there, then permutes
+    them back once). If `values` is changed in place, the copy is made again."""
+
+    __slots__ = ("values", "_copy", "_version")
+
+    def __init__(self, values: torch.Tensor):
+        self.values = values
+        self._copy, self._version = None, None
+
+    def channels_last(self) -> torch.Tensor:
+        if self._copy is None or self._version != self.values._version:
+            self._copy = self.values.permute(0, 2, 3, 1).contiguous()
+            self._version = self.values._version
+        return self._copy
 
 
 # ----------------------------------------------------------------------------- the two operations
@@ -278,13 +296,22 @@ def sample(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
     return grid_sample_bilinear(values, coordinates.expand(len(values), -1, -1, -1))
 
 
-def chain(displacements: Sequence[torch.Tensor], coordinates: torch.Tensor) -> torch.Tensor:
+def chain(displacements: Sequence, coordinates: torch.Tensor) -> torch.Tensor:
     """φ_1 ∘ … ∘ φ_K at coordinates [B or 1, 2, H', W'], with φ_k(x) = x + D_k(x) and
-    displacements = (D_1, …, D_K), each [B, 2, H, W]: D_K is applied first -> [B, 2, H', W'].
+    displacements = (D_1, …, D_K), each [B or 1, 2, H, W] (a tensor or a `Field`): D_K is
+    applied first -> [B, 2, H', W'].
 
     Shapes are not checked here: `helpers.warping.DisplacementChain` does that."""
-    if active(coordinates, *displacements) == "compiled":
-        return _CompiledChain.apply(coordinates, *reversed(displacements))
-    for displacement in reversed(displacements):
-        coordinates = coordinates + sample(displacement, coordinates)
+    fields = [d if isinstance(d, Field) else Field(d) for d in displacements]
+    batch = max(len(coordinates), *(len(f.values) for f in fields))
+    if active(coordinates, *(f.values for f in fields)) == "compiled":
+        packed = [_batched(f.channels_last(), batch) for f in fields]
+        return _CompiledChain.apply(coordinates, *reversed(packed))
+    for field in reversed(fields):
+        coordinates = coordinates + sample(_batched(field.values, batch), coordinates)
     return coordinates
+
+
+def _batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """tensor [1 or batch, ...] as [batch, ...] (no autograd node when it already is)."""
+    return tensor if len(tensor) == batch else tensor.expand(batch, *tensor.shape[1:])

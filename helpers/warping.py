@@ -37,12 +37,7 @@ def interpolate(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor
             f"got {list(values.shape)} and {list(coordinates.shape)}"
         )
     batch = _batch("interpolate", values.shape[0], coordinates.shape[0])
-    return sampler.sample(_expanded(values, batch), coordinates)
-
-
-def _expanded(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """tensor [1 or batch, ...] as [batch, ...] (no autograd node when it already is)."""
-    return tensor if len(tensor) == batch else tensor.expand(batch, *tensor.shape[1:])
+    return sampler.sample(sampler._batched(values, batch), coordinates)
 
 
 def as_function(image: torch.Tensor) -> Transform:
@@ -54,10 +49,13 @@ class DisplacementChain:
     """φ_1 ∘ φ_2 ∘ … ∘ φ_K with φ_k(x) = x + D_k(x): a transform that keeps its displacement
     fields D_k [B, 2, H, W], so that composing two chains is joining their lists and
     evaluating one is a single pass of the sampler over the points (D_K acts first).
+    Composed chains share their fields (`sampler.Field`), and with them the copy that the
+    compiled sampler makes of each field once.
     """
 
     def __init__(self, displacements):
-        self.displacements = tuple(displacements)
+        self.fields = tuple(d if isinstance(d, sampler.Field) else sampler.Field(d) for d in displacements)
+        self.displacements = tuple(field.values for field in self.fields)
         shapes = {tuple(d.shape[1:]) for d in self.displacements}
         if not self.displacements or any(d.dim() != 4 or d.shape[1] != 2 for d in self.displacements) or len(shapes) != 1:
             raise ValueError(
@@ -68,9 +66,8 @@ class DisplacementChain:
     def __call__(self, coordinates: torch.Tensor) -> torch.Tensor:
         if coordinates.dim() != 4 or coordinates.shape[1] != 2:
             raise ValueError(f"a transform takes coordinates [B, 2, H, W], got {list(coordinates.shape)}")
-        batch = _batch("displacement chain", coordinates.shape[0], *(len(d) for d in self.displacements))
-        fields = [_expanded(d, batch) for d in self.displacements]
-        return sampler.chain(fields, coordinates)
+        _batch("displacement chain", coordinates.shape[0], *(len(d) for d in self.displacements))
+        return sampler.chain(self.fields, coordinates)
 
 
 def displacement_transform(displacement: torch.Tensor) -> Transform:
@@ -81,5 +78,5 @@ def displacement_transform(displacement: torch.Tensor) -> Transform:
 def compose(phi: Transform, psi: Transform) -> Transform:
     """φ ∘ ψ: x ↦ φ(ψ(x)). Warping by φ ∘ ψ applies ψ's motion to the image already moved by φ."""
     if isinstance(phi, DisplacementChain) and isinstance(psi, DisplacementChain):
-        return DisplacementChain(phi.displacements + psi.displacements)
+        return DisplacementChain(phi.fields + psi.fields)
     return lambda coordinates: phi(psi(coordinates))

@@ -39,8 +39,8 @@ MUTATIONS = {
     ),
     "compiled: chain applied in the wrong order": (
         "sampler.py",
-        "_CompiledChain.apply(coordinates, *reversed(displacements))",
-        "_CompiledChain.apply(coordinates, *displacements)",
+        "_CompiledChain.apply(coordinates, *reversed(packed))",
+        "_CompiledChain.apply(coordinates, *packed)",
         "compiled",
     ),
     "compiled: gradient scattered to the wrong corner": (
