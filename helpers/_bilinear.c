@@ -171,6 +171,45 @@ static inline Cells locate_points(v8 rows, v8 cols, const Axis *ax_row, const Ax
     return c;
 }
 
+/* Add a corner's increments of both channels (a, b: lane j for point j) to the packed
+ * gradient, 8 bytes per point and corner: the next point's cell usually shares a corner
+ * with this one, and same-size accesses let the processor forward the stored value. */
+typedef float v2 __attribute__((vector_size(8)));
+static inline v2 load2(const float *p) { v2 v; memcpy(&v, p, sizeof v); return v; }
+static inline void add2(float *q, v2 x) {
+    v2 v = load2(q) + x;
+    memcpy(q, &v, sizeof v);
+}
+
+/* scatter() of eight points, both channels, point by point in ascending order. add holds
+ * the increments (nw, ne, sw, se corner; channel 0, 1) as add[2 * corner + channel]. */
+static inline void scatter8(float *grad_packed, const int32_t offset[LANES], int32_t row, const v8 add[8]) {
+    v8 low[4], high[4]; /* per corner: the (channel 0, channel 1) pairs of points 0 1 | 4 5, 2 3 | 6 7 */
+    for (int corner = 0; corner < 4; corner++) {
+        low[corner] = __builtin_shufflevector(add[2 * corner], add[2 * corner + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        high[corner] = __builtin_shufflevector(add[2 * corner], add[2 * corner + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+#define PAIR(v, e) __builtin_shufflevector(v, v, e, e + 1)
+#define POINT(j, half, e)                                                   \
+    do {                                                                    \
+        float *q = grad_packed + offset[j];                                 \
+        add2(q, PAIR(half[0], e));                                          \
+        add2(q + 2, PAIR(half[1], e));                                      \
+        add2(q + row, PAIR(half[2], e));                                    \
+        add2(q + row + 2, PAIR(half[3], e));                                \
+    } while (0)
+    POINT(0, low, 0);
+    POINT(1, low, 2);
+    POINT(2, high, 0);
+    POINT(3, high, 2);
+    POINT(4, low, 4);
+    POINT(5, low, 6);
+    POINT(6, high, 4);
+    POINT(7, high, 6);
+#undef POINT
+#undef PAIR
+}
+
 /* One channel's corners in a packed field. */
 static inline Corners packed_corners(const float *packed, const Cell *cell, int32_t W, int channel) {
     const float *p = packed + 2 * (cell->row * W + cell->col) + channel;
@@ -276,13 +315,7 @@ void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H,
                              g0 * (1.0f - wr) * wc,          g1 * (1.0f - wr) * wc,
                              g0 * wr * (1.0f - wc),          g1 * wr * (1.0f - wc),
                              g0 * wr * wc,                   g1 * wr * wc};
-                for (int j = 0; j < LANES; j++) {
-                    float *q = grad_packed + cell.offset[j];
-                    for (int corner = 0; corner < 4; corner++) {
-                        q[corner] += add[corner][j];
-                        q[row + corner] += add[4 + corner][j];
-                    }
-                }
+                scatter8(grad_packed, cell.offset, row, add);
                 /* slopes() of both channels, then g + J^T g */
                 v8 d0_drow = ((1.0f - wc) * (v[4] - v[0]) + wc * (v[6] - v[2])) * cell.drow;
                 v8 d0_dcol = ((1.0f - wr) * (v[2] - v[0]) + wr * (v[6] - v[4])) * cell.dcol;
@@ -316,9 +349,6 @@ void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H,
 }
 
 /* ------------------------------------------------------------------ sampling an image */
-
-typedef float v2 __attribute__((vector_size(8)));
-static inline v2 load2(const float *p) { v2 v; memcpy(&v, p, sizeof v); return v; }
 
 /* (image[o_j], image[o_j + 1]) for eight offsets, as two 8-lane vectors (lane j: point j). */
 static inline void pairs8(const float *image, const int32_t o[LANES], v8 *left, v8 *right) {
