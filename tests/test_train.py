@@ -93,6 +93,22 @@ def test_grad_clip_caps_the_gradient_before_adam(fives, monkeypatch):
     assert all(norm <= 0.01 * (1 + 1e-5) for norm in seen)
 
 
+def test_the_linear_schedule_lowers_the_learning_rate_step_by_step(fives, monkeypatch):
+    used = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    train(dataclasses.replace(SMALL, lr=2e-3, lr_schedule="linear"), fives, device="cpu", progress=False)
+    assert used == pytest.approx([2e-3, 1.5e-3, 1e-3, 0.5e-3])
+    used.clear()
+    train(SMALL, fives, device="cpu", progress=False)
+    assert used == [1e-3] * 4
+
+
 def test_spike_detection():
     calm = torch.full((50,), 0.3, dtype=torch.float64)
     assert is_spike(1.0, calm, 3.0) and not is_spike(0.8, calm, 3.0)
@@ -182,7 +198,8 @@ def test_weights_for_another_architecture(small_run, tmp_path):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0}],
+    [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
+     {"lr_schedule": "cosine"}],
 )
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
