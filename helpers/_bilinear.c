@@ -100,8 +100,45 @@ typedef float v4 __attribute__((vector_size(16)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 #define LANES 8
+typedef float v2 __attribute__((vector_size(8)));
 
+static inline v2 load2(const float *p) { v2 v; memcpy(&v, p, sizeof v); return v; }
 static inline v4 load4(const float *p) { v4 v; memcpy(&v, p, sizeof v); return v; }
+
+/* Shuffles. SHUFFLE8(a, b, i0, …, i7) gives lane i_j of a:b (0-7 from a, 8-15 from b) as
+ * lane j; join4 and join2 put two halves together; PAIR(v, e) is lanes e and e + 1 of v.
+ * Clang and GCC 12 have __builtin_shufflevector, which does all of these in registers.
+ * Older GCC (11 on Ubuntu 22.04 and Colab) has only __builtin_shuffle, and joins and splits
+ * then go through memory: the same floats, more slowly. Compiling with
+ * -DHELPERS_PORTABLE_SHUFFLES takes that path anywhere (tests/test_sampler.py does). */
+#if (defined(__clang__) || __GNUC__ >= 12) && !defined(HELPERS_PORTABLE_SHUFFLES)
+#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define PAIR(v, e) __builtin_shufflevector(v, v, e, e + 1)
+static inline v8 join4(v4 low, v4 high) { return __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7); }
+static inline v4 join2(v2 low, v2 high) { return __builtin_shufflevector(low, high, 0, 1, 2, 3); }
+#else
+#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#define PAIR(v, e) pair_at(v, e)
+static inline v2 pair_at(v8 v, int e) {
+    v2 x;
+    memcpy(&x, (const float *)&v + e, sizeof x);
+    return x;
+}
+static inline v8 join4(v4 low, v4 high) {
+    v8 v;
+    memcpy(&v, &low, sizeof low);
+    memcpy((char *)&v + sizeof low, &high, sizeof high);
+    return v;
+}
+static inline v4 join2(v2 low, v2 high) {
+    v4 v;
+    memcpy(&v, &low, sizeof low);
+    memcpy((char *)&v + sizeof low, &high, sizeof high);
+    return v;
+}
+#endif
+
+
 static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
 static inline v8 choose(v8i mask, v8 yes, v8 no) { return (v8)(((v8i)yes & mask) | ((v8i)no & ~mask)); }
@@ -143,16 +180,15 @@ static inline void corners8(const float *packed, const int32_t offset[LANES], in
         const float *base = packed + half * row_stride;
         v8 a[4];
         for (int j = 0; j < 4; j++) /* points j and j + 4, one per 128-bit lane */
-            a[j] = __builtin_shufflevector(load4(base + offset[j]), load4(base + offset[j + 4]),
-                                           0, 1, 2, 3, 4, 5, 6, 7);
-        v8 u0 = __builtin_shufflevector(a[0], a[1], 0, 8, 1, 9, 4, 12, 5, 13);
-        v8 u1 = __builtin_shufflevector(a[0], a[1], 2, 10, 3, 11, 6, 14, 7, 15);
-        v8 u2 = __builtin_shufflevector(a[2], a[3], 0, 8, 1, 9, 4, 12, 5, 13);
-        v8 u3 = __builtin_shufflevector(a[2], a[3], 2, 10, 3, 11, 6, 14, 7, 15);
-        out[4 * half + 0] = __builtin_shufflevector(u0, u2, 0, 1, 8, 9, 4, 5, 12, 13);
-        out[4 * half + 1] = __builtin_shufflevector(u0, u2, 2, 3, 10, 11, 6, 7, 14, 15);
-        out[4 * half + 2] = __builtin_shufflevector(u1, u3, 0, 1, 8, 9, 4, 5, 12, 13);
-        out[4 * half + 3] = __builtin_shufflevector(u1, u3, 2, 3, 10, 11, 6, 7, 14, 15);
+            a[j] = join4(load4(base + offset[j]), load4(base + offset[j + 4]));
+        v8 u0 = SHUFFLE8(a[0], a[1], 0, 8, 1, 9, 4, 12, 5, 13);
+        v8 u1 = SHUFFLE8(a[0], a[1], 2, 10, 3, 11, 6, 14, 7, 15);
+        v8 u2 = SHUFFLE8(a[2], a[3], 0, 8, 1, 9, 4, 12, 5, 13);
+        v8 u3 = SHUFFLE8(a[2], a[3], 2, 10, 3, 11, 6, 14, 7, 15);
+        out[4 * half + 0] = SHUFFLE8(u0, u2, 0, 1, 8, 9, 4, 5, 12, 13);
+        out[4 * half + 1] = SHUFFLE8(u0, u2, 2, 3, 10, 11, 6, 7, 14, 15);
+        out[4 * half + 2] = SHUFFLE8(u1, u3, 0, 1, 8, 9, 4, 5, 12, 13);
+        out[4 * half + 3] = SHUFFLE8(u1, u3, 2, 3, 10, 11, 6, 7, 14, 15);
     }
 }
 
@@ -174,8 +210,6 @@ static inline Cells locate_points(v8 rows, v8 cols, const Axis *ax_row, const Ax
 /* Add a corner's increments of both channels (a, b: lane j for point j) to the packed
  * gradient, 8 bytes per point and corner: the next point's cell usually shares a corner
  * with this one, and same-size accesses let the processor forward the stored value. */
-typedef float v2 __attribute__((vector_size(8)));
-static inline v2 load2(const float *p) { v2 v; memcpy(&v, p, sizeof v); return v; }
 static inline void add2(float *q, v2 x) {
     v2 v = load2(q) + x;
     memcpy(q, &v, sizeof v);
@@ -186,10 +220,9 @@ static inline void add2(float *q, v2 x) {
 static inline void scatter8(float *grad_packed, const int32_t offset[LANES], int32_t row, const v8 add[8]) {
     v8 low[4], high[4]; /* per corner: the (channel 0, channel 1) pairs of points 0 1 | 4 5, 2 3 | 6 7 */
     for (int corner = 0; corner < 4; corner++) {
-        low[corner] = __builtin_shufflevector(add[2 * corner], add[2 * corner + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        high[corner] = __builtin_shufflevector(add[2 * corner], add[2 * corner + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+        low[corner] = SHUFFLE8(add[2 * corner], add[2 * corner + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        high[corner] = SHUFFLE8(add[2 * corner], add[2 * corner + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
-#define PAIR(v, e) __builtin_shufflevector(v, v, e, e + 1)
 #define POINT(j, half, e)                                                   \
     do {                                                                    \
         float *q = grad_packed + offset[j];                                 \
@@ -207,7 +240,6 @@ static inline void scatter8(float *grad_packed, const int32_t offset[LANES], int
     POINT(6, high, 4);
     POINT(7, high, 6);
 #undef POINT
-#undef PAIR
 }
 
 /* One channel's corners in a packed field. */
@@ -352,14 +384,10 @@ void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H,
 
 /* (image[o_j], image[o_j + 1]) for eight offsets, as two 8-lane vectors (lane j: point j). */
 static inline void pairs8(const float *image, const int32_t o[LANES], v8 *left, v8 *right) {
-    v4 a = __builtin_shufflevector(load2(image + o[0]), load2(image + o[1]), 0, 1, 2, 3);
-    v4 b = __builtin_shufflevector(load2(image + o[2]), load2(image + o[3]), 0, 1, 2, 3);
-    v4 c = __builtin_shufflevector(load2(image + o[4]), load2(image + o[5]), 0, 1, 2, 3);
-    v4 d = __builtin_shufflevector(load2(image + o[6]), load2(image + o[7]), 0, 1, 2, 3);
-    v8 low = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7);
-    v8 high = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7);
-    *left = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14);
-    *right = __builtin_shufflevector(low, high, 1, 3, 5, 7, 9, 11, 13, 15);
+    v8 low = join4(join2(load2(image + o[0]), load2(image + o[1])), join2(load2(image + o[2]), load2(image + o[3])));
+    v8 high = join4(join2(load2(image + o[4]), load2(image + o[5])), join2(load2(image + o[6]), load2(image + o[7])));
+    *left = SHUFFLE8(low, high, 0, 2, 4, 6, 8, 10, 12, 14);
+    *right = SHUFFLE8(low, high, 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
 /* Cells of eight points in a planar image: offsets i·W + j, weights and slopes. */

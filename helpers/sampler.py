@@ -100,8 +100,11 @@ def _processor() -> str:
         return f"{platform.machine()} {platform.system()} {platform.processor()}"
 
 
-def _build() -> ctypes.CDLL:
-    """Compile _bilinear.c (once per source, compiler and machine) and load it."""
+def build(extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
+    """Compile _bilinear.c (once per source, flags, compiler and machine) and load it.
+
+    `extra_flags` are added to the compiler's command line (tests use them to build the
+    kernel's portable variant)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
@@ -110,7 +113,7 @@ def _build() -> ctypes.CDLL:
     errors = []
     # Tuned for this processor when the compiler can; without OpenMP it runs on one thread.
     for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
-        command = [compiler, *flags, *extra]
+        command = [compiler, *flags, *extra, *extra_flags]
         key = hashlib.sha256(source + " ".join(command + [_processor()]).encode())
         library = _cache_folder() / f"bilinear-{key.hexdigest()[:16]}.so"
         if not library.exists():
@@ -137,7 +140,7 @@ def compiled_kernel():
     global _library, _unavailable
     if _library is None and _unavailable is None:
         try:
-            _library = _build()
+            _library = build()
         except (OSError, RuntimeError) as error:
             _unavailable = str(error)
             warnings.warn(
@@ -269,7 +272,8 @@ class Field:
     The copy is made once, on first use, and shared by every chain that holds this Field:
     in the post's world step k's field is walked through by the chains of steps k to 9,
     and gradients reach `values` through the copy (autograd sums them there, then permutes
-    them back once). If `values` is changed in place, the copy is made again."""
+    them back once). The copy is made again if `values` has been changed in place since, or
+    if it was made without gradient tracking and is now needed with it."""
 
     __slots__ = ("values", "_copy", "_version")
 
@@ -278,7 +282,11 @@ class Field:
         self._copy, self._version = None, None
 
     def channels_last(self) -> torch.Tensor:
-        if self._copy is None or self._version != self.values._version:
+        if (
+            self._copy is None
+            or self._version != self.values._version
+            or (torch.is_grad_enabled() and self.values.requires_grad and not self._copy.requires_grad)
+        ):
             self._copy = self.values.permute(0, 2, 3, 1).contiguous()
             self._version = self.values._version
         return self._copy
@@ -305,13 +313,13 @@ def chain(displacements: Sequence, coordinates: torch.Tensor) -> torch.Tensor:
     fields = [d if isinstance(d, Field) else Field(d) for d in displacements]
     batch = max(len(coordinates), *(len(f.values) for f in fields))
     if active(coordinates, *(f.values for f in fields)) == "compiled":
-        packed = [_batched(f.channels_last(), batch) for f in fields]
+        packed = [batched(f.channels_last(), batch) for f in fields]
         return _CompiledChain.apply(coordinates, *reversed(packed))
     for field in reversed(fields):
-        coordinates = coordinates + sample(_batched(field.values, batch), coordinates)
+        coordinates = coordinates + sample(batched(field.values, batch), coordinates)
     return coordinates
 
 
-def _batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+def batched(tensor: torch.Tensor, batch: int) -> torch.Tensor:
     """tensor [1 or batch, ...] as [batch, ...] (no autograd node when it already is)."""
     return tensor if len(tensor) == batch else tensor.expand(batch, *tensor.shape[1:])

@@ -40,8 +40,8 @@ class TrainConfig:
     multiple of the median norm of the previous `GUARD_WINDOW` steps (None: never skip); see
     benchmarks/STABILITY.md for why.
     `lr_schedule` is "constant" (the post's) or "linear": the learning rate of step s (0, 1,
-    …) is then lr · (1 − s / steps), falling to lr / steps at the last step. Batches of 32
-    with the linear schedule reach a lower held-out SSD than the post's recipe
+    …) is then lr · (1 − s / steps), falling to lr / steps at the last step. With batches of
+    32 it reached a lower held-out SSD than the post's recipe, though not sooner
     (benchmarks/RESULTS.md, part b).
     """
 

@@ -37,7 +37,7 @@ def interpolate(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor
             f"got {list(values.shape)} and {list(coordinates.shape)}"
         )
     batch = _batch("interpolate", values.shape[0], coordinates.shape[0])
-    return sampler.sample(sampler._batched(values, batch), coordinates)
+    return sampler.sample(sampler.batched(values, batch), coordinates)
 
 
 def as_function(image: torch.Tensor) -> Transform:

@@ -146,6 +146,51 @@ def test_composing_chains_joins_them_in_order():
     assert (compose(psi, phi)(grid) - composed(grid)).abs().max() > 1e-3
 
 
+def test_a_field_first_used_without_gradients_still_passes_them_on_later():
+    field = smooth_field(2).requires_grad_()
+    phi, grid = displacement_transform(field), identity_map((1, 1, 28, 28))
+    with torch.no_grad():
+        phi(grid)  # the channels-last copy is made here, outside autograd
+    phi(grid).square().sum().backward()
+    with sampler.using("reference"):
+        expected = torch.autograd.grad(displacement_transform(field)(grid).square().sum(), field)[0]
+    torch.testing.assert_close(field.grad, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_a_field_changed_in_place_is_copied_again():
+    values = smooth_field(1)
+    phi, grid = displacement_transform(values), identity_map((1, 1, 28, 28))
+    before = phi(grid)
+    values.mul_(2)
+    torch.testing.assert_close(phi(grid) - grid, 2 * (before - grid), rtol=0, atol=1e-5)
+
+
+def test_the_portable_build_of_the_kernel_gives_the_same_floats():
+    """Older GCC (11, as on Colab) lacks __builtin_shufflevector, and the kernel then joins and
+    splits vectors through memory; -DHELPERS_PORTABLE_SHUFFLES takes that path here."""
+    portable = sampler.build(["-DHELPERS_PORTABLE_SHUFFLES"])
+    assert portable._name != sampler.compiled_kernel()._name  # a separate build
+    fields = [smooth_field(3, seed=k, amplitude=0.08).requires_grad_() for k in range(5)]
+    points = (torch.rand(3, 2, 13, 9, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1).requires_grad_()
+    images = torch.rand(3, 2, 28, 28, requires_grad=True)
+
+    def run():
+        warped = interpolate(images, DisplacementChain(fields)(points))
+        on_grid = DisplacementChain(fields)(identity_map((1, 1, 28, 28)))
+        outputs = (warped, on_grid)
+        grads = torch.autograd.grad(sum((out * torch.sin(3 * out)).sum() for out in outputs), [images, points, *fields])
+        return (*outputs, *grads)
+
+    default = run()
+    shipped, sampler._library = sampler._library, portable
+    try:
+        again = run()
+    finally:
+        sampler._library = shipped
+    for a, b in zip(default, again, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_the_reference_is_used_for_float64_and_on_request():
     values = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     points = torch.rand(2, 2, 28, 28, dtype=torch.float64)
