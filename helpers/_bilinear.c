@@ -5,9 +5,10 @@
  *
  * Two operations, each with its backward pass:
  *   sample: out[b, c, n] = values[b, c](p[b, n])
- *   chain:  p ← p + D_k(p) for k = 0 .. K-1, one displacement field D_k [B, 2, H, W] after
- *           another, in one pass over the points (the composition φ_K-1 ∘ … ∘ φ_0 of
- *           φ_k(x) = x + D_k(x), evaluated without materialising intermediate grids).
+ *   chain:  p ← p + D_k(p) for k = 0 .. K-1, one displacement field D_k after another, in
+ *           one pass over the points (the composition φ_K-1 ∘ … ∘ φ_0 of φ_k(x) = x + D_k(x),
+ *           evaluated without materialising intermediate grids). The fields come
+ *           channels-last, [B, H, W, 2] (helpers.sampler.Field makes that copy once).
  *
  * Images in the batch are independent, so the batch loop is shared between threads and
  * the backward passes accumulate into per-image gradients without atomics.
@@ -89,8 +90,8 @@ static inline void scatter(float *grad_image, const Cell *cell, int64_t W, float
  * lookups are independent of each other. They are processed eight at a time with 8-wide
  * vectors (GCC/Clang vector extensions: AVX where the processor has it, two SSE or NEON
  * halves elsewhere), and the few left over one at a time. For the eight corner loads of a
- * point to be two 4-float loads, the field is first packed channels-last, [H, W, 2]: a
- * cell's top corners (nw, ne) of both channels are 4 adjacent floats, and so are its bottom
+ * point to be two 4-float loads, the fields are packed channels-last, [H, W, 2]: a cell's
+ * top corners (nw, ne) of both channels are 4 adjacent floats, and so are its bottom
  * corners. Every value is computed with the same operations in the same order as the
  * scalar formulas above (locate, interpolate, slopes, scatter), and gradients are
  * accumulated point by point in ascending order, so the results are the same floats as
