@@ -208,9 +208,9 @@ static inline Cells locate_points(v8 rows, v8 cols, const Axis *ax_row, const Ax
     return c;
 }
 
-/* Add a corner's increments of both channels (a, b: lane j for point j) to the packed
- * gradient, 8 bytes per point and corner: the next point's cell usually shares a corner
- * with this one, and same-size accesses let the processor forward the stored value. */
+/* Add x, a corner's increments of both channels, to the packed gradient at q: 8 bytes per
+ * point and corner. The next point's cell usually shares a corner with this one, and
+ * same-size accesses let the processor forward the stored value instead of stalling. */
 static inline void add2(float *q, v2 x) {
     v2 v = load2(q) + x;
     memcpy(q, &v, sizeof v);
@@ -275,13 +275,13 @@ static void chain_step(const float *packed, int64_t H, int64_t W,
 }
 
 /* fields: K pointers to displacement fields packed channels-last, [B, H, W, 2], in the
- * order they are applied. visited [B, K, 2, N] receives where each field was evaluated, for the backward pass
- * (NULL: not needed). on_grid != 0 promises that the coordinates are the pixel grid itself
- * (N = H·W), where the first field needs no interpolation: D(x) is D's value at that pixel.
- * out [B, 2, N] receives the final positions. */
+ * order they are applied. visited [B, K, 2, N] receives where each field was evaluated,
+ * for the backward pass (NULL: not needed). on_grid != 0 promises that the coordinates are
+ * the pixel grid itself (N = H·W), where the first field needs no interpolation: D(x) is
+ * D's value at that pixel. out [B, 2, N] receives the final positions. */
 void chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
-                      const float *coords, int64_t coords_batch_stride, int64_t N, int on_grid,
-                      float *out, float *visited, int threads) {
+                   const float *coords, int64_t coords_batch_stride, int64_t N, int on_grid,
+                   float *out, float *visited, int threads) {
     const Axis ax_row = axis_of(H), ax_col = axis_of(W);
     const int64_t HW = H * W;
     int64_t b;
@@ -315,8 +315,8 @@ void chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, 
  * grad_fields: K pointers to [B, H, W, 2] buffers (packed, like the fields), overwritten
  * with the fields' gradients. */
 void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
-                       const float *visited, int64_t N, int on_grid, float *grad_out,
-                       float *const *grad_fields, int threads) {
+                    const float *visited, int64_t N, int on_grid, float *grad_out,
+                    float *const *grad_fields, int threads) {
     const Axis ax_row = axis_of(H), ax_col = axis_of(W);
     const int64_t HW = H * W;
     const int32_t row = 2 * (int32_t)W; /* a packed field's row stride */
