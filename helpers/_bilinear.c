@@ -14,7 +14,6 @@
  * the backward passes accumulate into per-image gradients without atomics.
  */
 #include <math.h>
-#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
