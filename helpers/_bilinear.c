@@ -309,73 +309,118 @@ void chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, 
     }
 }
 
+/* The backward pass of chain_step: for the N points of one image that were at (rows, cols),
+ * add the field's share of the gradient (g_rows, g_cols) to grad_packed (zeroed by the
+ * caller) and turn (g_rows, g_cols) into the gradient with respect to (rows, cols):
+ * p_out = p + D(p) gives dL/dp = g + J_D(p)^T g. */
+static void chain_step_backward(const float *packed, int64_t H, int64_t W, const Axis *ax_row,
+                                const Axis *ax_col, const float *rows, const float *cols,
+                                float *g_rows, float *g_cols, float *grad_packed, int64_t N) {
+    const int32_t row = 2 * (int32_t)W; /* a packed field's row stride */
+    int64_t n = 0;
+    for (; n + LANES <= N; n += LANES) {
+        v8 v[8];
+        Cells cell = locate_points(load8(rows + n), load8(cols + n), ax_row, ax_col, (int32_t)W);
+        corners8(packed, cell.offset, row, v);
+        v8 wr = cell.wrow, wc = cell.wcol, g0 = load8(g_rows + n), g1 = load8(g_cols + n);
+        /* scatter() of both channels, point by point in ascending order */
+        v8 add[8] = {g0 * (1.0f - wr) * (1.0f - wc), g1 * (1.0f - wr) * (1.0f - wc),
+                     g0 * (1.0f - wr) * wc,          g1 * (1.0f - wr) * wc,
+                     g0 * wr * (1.0f - wc),          g1 * wr * (1.0f - wc),
+                     g0 * wr * wc,                   g1 * wr * wc};
+        scatter8(grad_packed, cell.offset, row, add);
+        /* slopes() of both channels, then g + J^T g */
+        v8 d0_drow = ((1.0f - wc) * (v[4] - v[0]) + wc * (v[6] - v[2])) * cell.drow;
+        v8 d0_dcol = ((1.0f - wr) * (v[2] - v[0]) + wr * (v[6] - v[4])) * cell.dcol;
+        v8 d1_drow = ((1.0f - wc) * (v[5] - v[1]) + wc * (v[7] - v[3])) * cell.drow;
+        v8 d1_dcol = ((1.0f - wr) * (v[3] - v[1]) + wr * (v[7] - v[5])) * cell.dcol;
+        store8(g_rows + n, g0 + g0 * d0_drow + g1 * d1_drow);
+        store8(g_cols + n, g1 + g0 * d0_dcol + g1 * d1_dcol);
+    }
+    for (; n < N; n++) {
+        Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
+        float g_row = g_rows[n], g_col = g_cols[n], wr = cell.wrow, wc = cell.wcol;
+        float *q = grad_packed + 2 * (cell.row * W + cell.col);
+        float add[8] = {g_row * (1.0f - wr) * (1.0f - wc), g_col * (1.0f - wr) * (1.0f - wc),
+                        g_row * (1.0f - wr) * wc,          g_col * (1.0f - wr) * wc,
+                        g_row * wr * (1.0f - wc),          g_col * wr * (1.0f - wc),
+                        g_row * wr * wc,                   g_col * wr * wc};
+        for (int corner = 0; corner < 4; corner++) {
+            q[corner] += add[corner];
+            q[row + corner] += add[4 + corner];
+        }
+        Corners d_row = packed_corners(packed, &cell, (int32_t)W, 0);
+        Corners d_col = packed_corners(packed, &cell, (int32_t)W, 1);
+        float drow_drow, drow_dcol, dcol_drow, dcol_dcol;
+        slopes(&d_row, &cell, &drow_drow, &drow_dcol);
+        slopes(&d_col, &cell, &dcol_drow, &dcol_dcol);
+        g_rows[n] = g_row + g_row * drow_drow + g_col * dcol_drow;
+        g_cols[n] = g_col + g_row * drow_dcol + g_col * dcol_dcol;
+    }
+}
+
 /* grad_out [B, 2, N] is overwritten: it becomes the gradient with respect to the coordinates
  * (unless on_grid, where the coordinates are the fixed pixel grid and it is left unfinished).
- * grad_fields: K pointers to [B, H, W, 2] buffers (packed, like the fields), overwritten
- * with the fields' gradients. */
+ * grad_fields: K pointers to [B, H, W, 2] buffers (packed, like the fields) that receive the
+ * fields' gradients: overwritten where accumulate[k] is 0; where it is 1, this chain's
+ * gradient is first computed in scratch ([B, H, W, 2]; NULL if no accumulate[k] is 1) and
+ * then added, so the sum rounds exactly as adding the two separate gradient tensors would. */
 void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
                     const float *visited, int64_t N, int on_grid, float *grad_out,
-                    float *const *grad_fields, int threads) {
+                    float *const *grad_fields, const int32_t *accumulate, float *scratch,
+                    int threads) {
     const Axis ax_row = axis_of(H), ax_col = axis_of(W);
     const int64_t HW = H * W;
-    const int32_t row = 2 * (int32_t)W; /* a packed field's row stride */
     int64_t b;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (b = 0; b < B; b++) {
         float *g_rows = grad_out + b * 2 * N, *g_cols = g_rows + N;
-        /* Walk back through the fields: p_out = p + D(p) gives dL/dp = g + J_D(p)^T g. */
+        /* Walk back through the fields, the last one applied first. */
         for (int64_t k = K - 1; k >= 0; k--) {
             const float *packed = fields[k] + b * 2 * HW;
-            float *grad_packed = grad_fields[k] + b * 2 * HW;
+            float *total = grad_fields[k] + b * 2 * HW;
+            float *grad_packed = accumulate[k] ? scratch + b * 2 * HW : total;
             const float *rows = visited + (b * K + k) * 2 * N, *cols = rows + N;
             if (k == 0 && on_grid) {
                 for (int64_t n = 0; n < N; n++) {
                     grad_packed[2 * n] = 0.0f + g_rows[n];
                     grad_packed[2 * n + 1] = 0.0f + g_cols[n];
                 }
-                continue;
+            } else {
+                memset(grad_packed, 0, 2 * HW * sizeof(float));
+                chain_step_backward(packed, H, W, &ax_row, &ax_col, rows, cols, g_rows, g_cols, grad_packed, N);
             }
-            memset(grad_packed, 0, 2 * HW * sizeof(float));
-            int64_t n = 0;
-            for (; n + LANES <= N; n += LANES) {
-                v8 v[8];
-                Cells cell = locate_points(load8(rows + n), load8(cols + n), &ax_row, &ax_col, (int32_t)W);
-                corners8(packed, cell.offset, row, v);
-                v8 wr = cell.wrow, wc = cell.wcol, g0 = load8(g_rows + n), g1 = load8(g_cols + n);
-                /* scatter() of both channels, point by point in ascending order */
-                v8 add[8] = {g0 * (1.0f - wr) * (1.0f - wc), g1 * (1.0f - wr) * (1.0f - wc),
-                             g0 * (1.0f - wr) * wc,          g1 * (1.0f - wr) * wc,
-                             g0 * wr * (1.0f - wc),          g1 * wr * (1.0f - wc),
-                             g0 * wr * wc,                   g1 * wr * wc};
-                scatter8(grad_packed, cell.offset, row, add);
-                /* slopes() of both channels, then g + J^T g */
-                v8 d0_drow = ((1.0f - wc) * (v[4] - v[0]) + wc * (v[6] - v[2])) * cell.drow;
-                v8 d0_dcol = ((1.0f - wr) * (v[2] - v[0]) + wr * (v[6] - v[4])) * cell.dcol;
-                v8 d1_drow = ((1.0f - wc) * (v[5] - v[1]) + wc * (v[7] - v[3])) * cell.drow;
-                v8 d1_dcol = ((1.0f - wr) * (v[3] - v[1]) + wr * (v[7] - v[5])) * cell.dcol;
-                store8(g_rows + n, g0 + g0 * d0_drow + g1 * d1_drow);
-                store8(g_cols + n, g1 + g0 * d0_dcol + g1 * d1_dcol);
-            }
-            for (; n < N; n++) {
-                Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
-                float g_row = g_rows[n], g_col = g_cols[n], wr = cell.wrow, wc = cell.wcol;
-                float *q = grad_packed + 2 * (cell.row * W + cell.col);
-                float add[8] = {g_row * (1.0f - wr) * (1.0f - wc), g_col * (1.0f - wr) * (1.0f - wc),
-                                g_row * (1.0f - wr) * wc,          g_col * (1.0f - wr) * wc,
-                                g_row * wr * (1.0f - wc),          g_col * wr * (1.0f - wc),
-                                g_row * wr * wc,                   g_col * wr * wc};
-                for (int corner = 0; corner < 4; corner++) {
-                    q[corner] += add[corner];
-                    q[row + corner] += add[4 + corner];
-                }
-                Corners d_row = packed_corners(packed, &cell, (int32_t)W, 0);
-                Corners d_col = packed_corners(packed, &cell, (int32_t)W, 1);
-                float drow_drow, drow_dcol, dcol_drow, dcol_dcol;
-                slopes(&d_row, &cell, &drow_drow, &drow_dcol);
-                slopes(&d_col, &cell, &dcol_drow, &dcol_dcol);
-                g_rows[n] = g_row + g_row * drow_drow + g_col * dcol_drow;
-                g_cols[n] = g_col + g_row * drow_dcol + g_col * dcol_dcol;
-            }
+            if (accumulate[k])
+                for (int64_t i = 0; i < 2 * HW; i++)
+                    total[i] += grad_packed[i];
+        }
+    }
+}
+
+/* Fields between the layouts: planar [B, 2, HW] (what a network returns) and packed,
+ * channels-last [B, HW, 2] (what the chains read). Copies only: no arithmetic. */
+void pack_fields(const float *planar, int64_t B, int64_t HW, float *packed, int threads) {
+    int64_t b;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (b = 0; b < B; b++) {
+        const float *rows = planar + b * 2 * HW, *cols = rows + HW;
+        float *out = packed + b * 2 * HW;
+        for (int64_t i = 0; i < HW; i++) {
+            out[2 * i] = rows[i];
+            out[2 * i + 1] = cols[i];
+        }
+    }
+}
+
+void unpack_fields(const float *packed, int64_t B, int64_t HW, float *planar, int threads) {
+    int64_t b;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (b = 0; b < B; b++) {
+        const float *in = packed + b * 2 * HW;
+        float *rows = planar + b * 2 * HW, *cols = rows + HW;
+        for (int64_t i = 0; i < HW; i++) {
+            rows[i] = in[2 * i];
+            cols[i] = in[2 * i + 1];
         }
     }
 }

@@ -130,7 +130,8 @@ def build(extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
         kernel.sample_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, count]
         kernel.sample_backward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, pointer, pointer, count]
         kernel.chain_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, count, pointer, pointer, count]
-        kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, count]
+        kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, pointer, pointer, count]
+        kernel.pack_fields.argtypes = kernel.unpack_fields.argtypes = [pointer, size, size, pointer, count]
         return kernel
     raise RuntimeError("compiling helpers/_bilinear.c failed:\n" + "\n".join(errors))
 
@@ -222,10 +223,13 @@ class _CompiledSample(torch.autograd.Function):
 
 
 class _CompiledChain(torch.autograd.Function):
-    """The chain through fields given channels-last, [B, H, W, 2] (see `Field`)."""
+    """The chain through fields given channels-last, [B, H, W, 2] (see `Field`).
+
+    `sums` holds, per field, the `GradientSum` that its gradient is added to inside the
+    kernel (the field's gradient then returned here is None), or None to return it."""
 
     @staticmethod
-    def forward(ctx, coordinates, *fields):
+    def forward(ctx, coordinates, sums, *fields):
         fields = [field.detach().contiguous() for field in fields]
         batch, height, width, _ = fields[0].shape
         points, stride = _points(coordinates, batch)
@@ -239,7 +243,7 @@ class _CompiledChain(torch.autograd.Function):
             torch.get_num_threads(),
         )
         ctx.save_for_backward(visited, *fields)
-        ctx.on_grid = on_grid
+        ctx.on_grid, ctx.sums = on_grid, sums
         ctx.coordinate_shape = coordinates.shape
         return out
 
@@ -250,10 +254,20 @@ class _CompiledChain(torch.autograd.Function):
         batch, height, width, _ = fields[0].shape
         # The kernel turns this copy of the output gradient into the coordinates' gradient.
         grad_points = grad_out.reshape(batch, 2, -1).contiguous().clone()
-        grad_fields = [torch.empty_like(field) for field in fields]
+        targets, accumulate, grad_fields = [None] * len(fields), [0] * len(fields), [None] * len(fields)
+        # The kernel walks the fields last to first: the first write to a sum comes first.
+        for k in reversed(range(len(fields))):
+            gradient_sum = ctx.sums[k] if ctx.needs_input_grad[2 + k] else None
+            if gradient_sum is None:
+                targets[k] = torch.empty_like(fields[k])
+                grad_fields[k] = targets[k] if ctx.needs_input_grad[2 + k] else None
+            else:
+                targets[k], accumulate[k] = gradient_sum.target(fields[k])
+        scratch = torch.empty_like(fields[0]) if any(accumulate) else None
         compiled_kernel().chain_backward(
             _addresses(fields), len(fields), batch, height, width, _address(visited),
-            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
+            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(targets),
+            (ctypes.c_int32 * len(fields))(*accumulate), _address(scratch) if scratch is not None else None,
             torch.get_num_threads(),
         )
         if not ctx.needs_input_grad[0]:
@@ -262,7 +276,76 @@ class _CompiledChain(torch.autograd.Function):
             grad_points = grad_points.sum(0, keepdim=True).reshape(ctx.coordinate_shape)
         else:
             grad_points = grad_points.reshape(ctx.coordinate_shape)
-        return (grad_points, *grad_fields)
+        return (grad_points, None, *grad_fields)
+
+
+class GradientSum:
+    """The gradient of one field's channels-last copy, summed over the chains that read it.
+
+    In the post's world step k's field is read by the chains of steps k to 9. Autograd would
+    take a gradient tensor from each chain's backward pass and add them up, one addition at
+    a time in the order those passes run; here each chain's pass adds its share into this one
+    buffer inside the kernel instead, in the same order and with the same roundings, and the
+    copy's backward pass (`_Pack`, which autograd runs after every chain that read it) takes
+    the total. A sum belongs to one backward pass (autograd's graph task): what another pass
+    left behind is discarded."""
+
+    __slots__ = ("task", "total")
+
+    def __init__(self):
+        self.task, self.total = None, None
+
+    def _current(self):
+        task = torch._C._current_graph_task_id()
+        if task != self.task:
+            self.task, self.total = task, None
+
+    def target(self, like: torch.Tensor):
+        """The buffer a chain's backward pass adds to, and 1 (add) or 0 (the first: write)."""
+        self._current()
+        if self.total is None:
+            self.total = torch.empty_like(like)
+            return self.total, 0
+        return self.total, 1
+
+    def take(self):
+        """The sum so far in this backward pass (None if nothing was added), then forget it."""
+        self._current()
+        total, self.total = self.total, None
+        return total
+
+
+def _pack(values: torch.Tensor, packed_like: bool) -> torch.Tensor:
+    """[B, 2, H, W] -> [B, H, W, 2] (packed_like False), or back (True), with the kernel."""
+    values = values.contiguous()
+    if packed_like:
+        batch, height, width, _ = values.shape
+        out = values.new_empty(batch, 2, height, width)
+        function = compiled_kernel().unpack_fields
+    else:
+        batch, _, height, width = values.shape
+        out = values.new_empty(batch, height, width, 2)
+        function = compiled_kernel().pack_fields
+    function(_address(values), batch, height * width, _address(out), torch.get_num_threads())
+    return out
+
+
+class _Pack(torch.autograd.Function):
+    """A field's channels-last copy; its gradient is what the chains summed (GradientSum)."""
+
+    @staticmethod
+    def forward(ctx, values, gradient_sum):
+        ctx.set_materialize_grads(False)
+        ctx.gradient_sum = gradient_sum
+        return _pack(values.detach(), packed_like=False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_packed):
+        total = ctx.gradient_sum.take()
+        if grad_packed is not None:  # the copy was also used outside a chain's sum
+            total = grad_packed if total is None else total + grad_packed
+        return (None if total is None else _pack(total, packed_like=True)), None
 
 
 class Field:
@@ -271,14 +354,16 @@ class Field:
 
     The copy is made once, on first use, and shared by every chain that holds this Field:
     in the post's world step k's field is walked through by the chains of steps k to 9,
-    and gradients reach `values` through the copy (autograd sums them there, then permutes
-    them back once). The copy is made again if `values` has been changed in place since, or
-    if it was made without gradient tracking and is now needed with it."""
+    and gradients reach `values` through the copy (the chains add them up in a
+    `GradientSum`, and the copy's backward pass hands the total back to `values`). The copy
+    is made again if `values` has been changed in place since, or if it was made without
+    gradient tracking and is now needed with it."""
 
-    __slots__ = ("values", "_copy", "_version")
+    __slots__ = ("values", "gradient_sum", "_copy", "_version")
 
     def __init__(self, values: torch.Tensor):
         self.values = values
+        self.gradient_sum = GradientSum()
         self._copy, self._version = None, None
 
     def channels_last(self) -> torch.Tensor:
@@ -287,7 +372,7 @@ class Field:
             or self._version != self.values._version
             or (torch.is_grad_enabled() and self.values.requires_grad and not self._copy.requires_grad)
         ):
-            self._copy = self.values.permute(0, 2, 3, 1).contiguous()
+            self._copy = _Pack.apply(self.values, self.gradient_sum)
             self._version = self.values._version
         return self._copy
 
@@ -314,7 +399,9 @@ def chain(displacements: Sequence, coordinates: torch.Tensor) -> torch.Tensor:
     batch = max(len(coordinates), *(len(f.values) for f in fields))
     if active(coordinates, *(f.values for f in fields)) == "compiled":
         packed = [batched(f.channels_last(), batch) for f in fields]
-        return _CompiledChain.apply(coordinates, *reversed(packed))
+        # A field shared by the batch ([1, ...]) gets its gradient summed over it by autograd.
+        sums = tuple(f.gradient_sum if len(f.values) == batch else None for f in fields)
+        return _CompiledChain.apply(coordinates, sums[::-1], *reversed(packed))
     for field in reversed(fields):
         coordinates = coordinates + sample(batched(field.values, batch), coordinates)
     return coordinates

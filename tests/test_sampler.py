@@ -165,6 +165,61 @@ def test_a_field_changed_in_place_is_copied_again():
     torch.testing.assert_close(phi(grid) - grid, 2 * (before - grid), rtol=0, atol=1e-5)
 
 
+def growing_chains(fields, grid):
+    """The post's world in miniature: chain k walks fields 1..k, so field j is read by the
+    chains j..K (and a field twice by the last chain); a loss mixes every chain's output."""
+    shared = [sampler.Field(field) for field in fields]  # as composing chains shares them
+    chains = [DisplacementChain(shared[: k + 1])(grid) for k in range(len(shared))]
+    chains.append(DisplacementChain([*shared, shared[0]])(grid))
+    return sum((out * torch.sin(3 * out)).sum() for out in chains)
+
+
+def test_a_field_read_by_several_chains_gets_the_sum_of_their_gradients():
+    fields = [smooth_field(2, seed=k, amplitude=0.08).requires_grad_() for k in range(4)]
+    grid = identity_map((1, 1, 28, 28))
+    with sampler.using("reference"):
+        expected = torch.autograd.grad(growing_chains(fields, grid), fields)
+    got = torch.autograd.grad(growing_chains(fields, grid), fields)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-5 * e.abs().max().item())
+
+
+def test_summing_gradients_in_the_kernel_rounds_as_autograd_would():
+    """GradientSum adds each chain's share inside the kernel; autograd would add separate
+    tensors. Same additions in the same order: the same floats."""
+    fields = [smooth_field(2, seed=k, amplitude=0.08).requires_grad_() for k in range(4)]
+    grid = identity_map((1, 1, 28, 28))
+    in_kernel = torch.autograd.grad(growing_chains(fields, grid), fields)
+
+    def by_autograd(fields, coordinates):  # every chain returns its own gradients
+        packed = [field.values.permute(0, 2, 3, 1).contiguous() for field in fields]
+        return sampler._CompiledChain.apply(coordinates, (None,) * len(packed), *reversed(packed))
+
+    chain, sampler.chain = sampler.chain, by_autograd
+    try:
+        separate = torch.autograd.grad(growing_chains(fields, grid), fields)
+    finally:
+        sampler.chain = chain
+    for a, b in zip(in_kernel, separate, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_gradient_sums_do_not_leak_from_one_backward_pass_into_the_next():
+    fields = [smooth_field(2, seed=k, amplitude=0.08).requires_grad_() for k in range(3)]
+    points = (identity_map((1, 1, 28, 28)) + 0.01).requires_grad_()
+    shared = [sampler.Field(field) for field in fields]
+    chains = [DisplacementChain(shared[: k + 1]) for k in range(3)]
+    loss = sum((chain(points) ** 2).sum() for chain in chains)
+    once = torch.autograd.grad(loss, fields, retain_graph=True)
+    torch.autograd.grad(loss, [points], retain_graph=True)  # the chains run, the fields' copies do not
+    again = torch.autograd.grad(loss, fields, retain_graph=True)
+    loss.backward(retain_graph=True)
+    loss.backward()  # accumulates into .grad: exactly twice one pass
+    for a, b, field in zip(once, again, fields, strict=True):
+        assert torch.equal(a, b)
+        assert torch.equal(field.grad, 2 * a)
+
+
 def test_the_portable_build_of_the_kernel_gives_the_same_floats():
     """Older GCC (11, as on Colab) lacks __builtin_shufflevector, and the kernel then joins and
     splits vectors through memory; -DHELPERS_PORTABLE_SHUFFLES takes that path here."""
