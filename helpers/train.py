@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .data import load_digits, random_pairs
+from .data import load_digits, random_affine, random_pairs
 from .losses import BendingLoss, DiffusionRegularizedNet
 from .models import inner_fcnet, post_network
 
@@ -40,8 +40,11 @@ class TrainConfig:
     multiple of the median norm of the previous `GUARD_WINDOW` steps (None: never skip); see
     benchmarks/STABILITY.md for why.
     `lr_schedule` is "constant" (the post's) or "linear": the learning rate of step s (0, 1,
-    …) is then lr · (1 − s / steps), falling to lr / steps at the last step. With batches of
-    32 it reached a lower held-out SSD than the post's recipe, though not sooner
+    …) is then lr · (1 − s / steps), falling to lr / steps at the last step.
+    `augment` > 0 turns, scales and shifts every training image at random before it is used
+    (`helpers.data.random_affine` with that amount; 0, the post's, leaves them as they are).
+    With 300 training images per digit the network otherwise learns its training images far
+    better than held-out ones; augmenting reaches a given held-out SSD in fewer steps
     (benchmarks/RESULTS.md, part b).
     """
 
@@ -54,6 +57,7 @@ class TrainConfig:
     grad_clip: float | None = None
     spike_guard: float | None = 3.0
     lr_schedule: str = "constant"
+    augment: float = 0.0
     seed: int = 0
     split: str = "train"
     source: str = "bundled"
@@ -69,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if isinstance(self.augment, bool) or not isinstance(self.augment, (int, float)) or not (0 <= self.augment < math.inf):
+            raise ValueError(f"TrainConfig.augment must be a finite number >= 0, got {self.augment!r}")
         for name in ("grad_clip", "spike_guard"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -136,6 +142,8 @@ def train(
     bar = tqdm(range(config.steps), desc=f"training on {config.digit}s", disable=not progress, mininterval=0.5)
     for step in bar:
         moving, fixed = random_pairs(images, config.batch_size, pairs)
+        if config.augment:
+            moving, fixed = (random_affine(batch, config.augment, pairs) for batch in (moving, fixed))
         try:
             loss = net(moving, fixed)
             if not torch.isfinite(loss.all_loss):

@@ -16,6 +16,7 @@ from helpers.data import (
     MNISTUnavailableError,
     load_bundled,
     load_digits,
+    random_affine,
     random_pairs,
     sha256_of_arrays,
 )
@@ -273,3 +274,50 @@ def test_evaluation_pairs_are_reproducible_and_never_self_pairs():
     assert all((sevens == image).all(1).any() for image in moving_7.flatten(1))
     with pytest.raises(ValueError, match="n must be a positive int"):
         evaluation_pairs(5, 5, n=0)
+
+
+def centroids(images):
+    """(row, column) centre of mass of each image [N, 1, H, W], in pixels: [N, 2]."""
+    rows = torch.arange(images.shape[2], dtype=images.dtype).view(1, -1, 1)
+    cols = torch.arange(images.shape[3], dtype=images.dtype).view(1, 1, -1)
+    mass = images[:, 0].sum((1, 2))
+    return torch.stack([(images[:, 0] * rows).sum((1, 2)) / mass, (images[:, 0] * cols).sum((1, 2)) / mass], 1)
+
+
+def test_random_affine_moves_a_centred_dot_by_its_shift_alone():
+    """Turning and scaling act about the image's centre, so a dot there only moves with the
+    shift: at most 5% of the size (1.4 pixels at 28 × 28) per axis and unit of amount, times
+    the scale (at most 1.1)."""
+    dots = torch.zeros(64, 1, 28, 28)
+    dots[:, :, 13:15, 13:15] = 1.0
+    for amount in (1.0, 2.0):
+        moved = centroids(random_affine(dots, amount, torch.Generator().manual_seed(0))) - 13.5
+        assert moved.abs().max() <= 0.05 * 28 * amount * (1 + 0.1 * amount) + 1e-3
+        assert moved.abs().max() > 0.6 * 0.05 * 28 * amount  # the draws span the range
+
+
+def test_random_affine_turns_and_keeps_its_images():
+    images = load_digits(5, "train")[:16]
+    same = random_affine(images, 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, images, rtol=0, atol=1e-5)
+    first, again, other = (random_affine(images, 1.0, torch.Generator().manual_seed(seed)) for seed in (1, 1, 2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.shape == images.shape and first.dtype == images.dtype
+    assert (first - images).abs().amax((1, 2, 3)).min() > 0.1  # every image changed
+    assert first.min() >= 0 and first.max() <= 1  # bilinear: no new extremes
+
+
+@pytest.mark.parametrize(
+    ("images", "amount", "problem"),
+    [
+        (torch.zeros(4, 28, 28), 1.0, r"images must be a floating-point tensor \[N, C, H, W\], got \(4, 28, 28\)"),
+        (torch.zeros(4, 1, 28, 28, dtype=torch.uint8), 1.0, "images must be a floating-point tensor"),
+        (np.zeros((4, 1, 28, 28)), 1.0, "got ndarray"),
+        (torch.zeros(4, 1, 28, 28), -0.5, "amount must be a finite number >= 0, got -0.5"),
+        (torch.zeros(4, 1, 28, 28), float("nan"), "amount must be a finite number >= 0, got nan"),
+        (torch.zeros(4, 1, 28, 28), True, "amount must be a finite number >= 0, got True"),
+    ],
+)
+def test_random_affine_rejects_bad_input(images, amount, problem):
+    with pytest.raises(ValueError, match=problem):
+        random_affine(images, amount, torch.Generator())

@@ -109,6 +109,23 @@ def test_the_linear_schedule_lowers_the_learning_rate_step_by_step(fives, monkey
     assert used == [1e-3] * 4
 
 
+def test_augmenting_changes_what_the_network_sees_and_stays_deterministic(fives, small_run, monkeypatch):
+    seen = []
+    forward = type(small_run.net).forward
+
+    def recording_forward(self, moving, fixed):
+        seen.append(moving.clone())
+        return forward(self, moving, fixed)
+
+    monkeypatch.setattr(type(small_run.net), "forward", recording_forward)
+    augmented = dataclasses.replace(SMALL, augment=1.0)
+    first, again = (train(augmented, fives, device="cpu", progress=False) for _ in range(2))
+    plain_images = set(map(bytes, fives.flatten(1).numpy()))
+    assert all(bytes(image.flatten().numpy()) not in plain_images for image in seen[0])  # all altered
+    assert all(torch.equal(a, b) for a, b in zip(weights(first).values(), weights(again).values()))
+    assert not torch.equal(weights(first)["dense1.weight"], weights(small_run)["dense1.weight"])
+
+
 def test_spike_detection():
     calm = torch.full((50,), 0.3, dtype=torch.float64)
     assert is_spike(1.0, calm, 3.0) and not is_spike(0.8, calm, 3.0)
@@ -199,7 +216,7 @@ def test_weights_for_another_architecture(small_run, tmp_path):
 @pytest.mark.parametrize(
     "changes",
     [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
-     {"lr_schedule": "cosine"}],
+     {"lr_schedule": "cosine"}, {"augment": -1.0}, {"augment": float("inf")}, {"augment": True}],
 )
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
