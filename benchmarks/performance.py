@@ -446,7 +446,7 @@ def main() -> int:
         "run stopped. The second recipe is the post's with every training image turned, scaled and "
         "shifted a little at random each time it is drawn (`TrainConfig(augment=1.0)`, "
         "`helpers.data.random_affine`), so that it never sees the same 300 images twice. (Earlier, "
-        "exploratory runs not in this script tried batches of 16, 32 and 64, a learning rate of 3e-3, "
+        "exploratory runs not in this script tried batches of 16 and 32, a learning rate of 3e-3, "
         "decaying learning rates and weight decay: none took the held-out ratio much below that of "
         "the post's recipe.) Training seconds to reach each level, per seed:",
         "",
