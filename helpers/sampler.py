@@ -279,6 +279,10 @@ class _CompiledChain(torch.autograd.Function):
         return (grad_points, None, *grad_fields)
 
 
+# Which backward pass is running (a private PyTorch function; without it autograd sums).
+_graph_task = getattr(torch._C, "_current_graph_task_id", None)
+
+
 class GradientSum:
     """The gradient of one field's channels-last copy, summed over the chains that read it.
 
@@ -296,7 +300,7 @@ class GradientSum:
         self.task, self.total = None, None
 
     def _current(self):
-        task = torch._C._current_graph_task_id()
+        task = _graph_task()
         if task != self.task:
             self.task, self.total = task, None
 
@@ -363,7 +367,7 @@ class Field:
 
     def __init__(self, values: torch.Tensor):
         self.values = values
-        self.gradient_sum = GradientSum()
+        self.gradient_sum = None  # made with each copy
         self._copy, self._version = None, None
 
     def channels_last(self) -> torch.Tensor:
@@ -372,6 +376,7 @@ class Field:
             or self._version != self.values._version
             or (torch.is_grad_enabled() and self.values.requires_grad and not self._copy.requires_grad)
         ):
+            self.gradient_sum = GradientSum()  # for the chains that will read the new copy
             self._copy = _Pack.apply(self.values, self.gradient_sum)
             self._version = self.values._version
         return self._copy
@@ -400,7 +405,7 @@ def chain(displacements: Sequence, coordinates: torch.Tensor) -> torch.Tensor:
     if active(coordinates, *(f.values for f in fields)) == "compiled":
         packed = [batched(f.channels_last(), batch) for f in fields]
         # A field shared by the batch ([1, ...]) gets its gradient summed over it by autograd.
-        sums = tuple(f.gradient_sum if len(f.values) == batch else None for f in fields)
+        sums = tuple(f.gradient_sum if len(f.values) == batch and _graph_task else None for f in fields)
         return _CompiledChain.apply(coordinates, sums[::-1], *reversed(packed))
     for field in reversed(fields):
         coordinates = coordinates + sample(batched(field.values, batch), coordinates)

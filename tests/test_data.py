@@ -321,3 +321,17 @@ def test_random_affine_turns_and_keeps_its_images():
 def test_random_affine_rejects_bad_input(images, amount, problem):
     with pytest.raises(ValueError, match=problem):
         random_affine(images, amount, torch.Generator())
+
+
+def test_random_affine_samples_where_affine_grid_says():
+    """The documented map, (x, y) ↦ (cos·x − sin·y + shift_x, sin·x + cos·y + shift_y) with
+    cos, sin = cos θ / scale, sin θ / scale, laid out by F.affine_grid for comparison."""
+    images = load_digits(5, "train")[:32]
+    got = random_affine(images, 1.0, torch.Generator().manual_seed(3))
+    draws = torch.rand(32, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    angle, scale, shift = draws[:, 0] * np.pi / 15, 1 + 0.1 * draws[:, 1], 0.1 * draws[:, 2:]
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.float(), list(images.shape), align_corners=False)
+    expected = torch.nn.functional.grid_sample(images, grid, padding_mode="zeros", align_corners=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

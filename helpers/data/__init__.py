@@ -145,7 +145,7 @@ def random_pairs(
 
 
 def random_affine(images: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
-    """Each image turned, scaled and shifted by its own small random affine map: [N, 1, H, W].
+    """Each image turned, scaled and shifted by its own small random affine map: [N, C, H, W].
 
     With ``amount`` 1, each image is rotated by up to ±12°, scaled by up to ±10% and shifted by
     up to ±5% of its size (±1.4 pixels at 28 × 28), uniformly at random and independently;
@@ -167,9 +167,15 @@ def random_affine(images: torch.Tensor, amount: float, generator: torch.Generato
     scale = 1 + 0.1 * draws[:, 1]
     shift = 0.1 * draws[:, 2:]  # affine_grid's coordinates run over [-1, 1]: 0.1 is 5% of the size
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    theta = theta.to(images.device, images.dtype)
-    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    # Where each output pixel reads from, in grid_sample's (x, y) ∈ [-1, 1] (pixel centres):
+    # the map (x, y) ↦ (cos·x − sin·y + shift_x, sin·x + cos·y + shift_y) about the centre.
+    # (What F.affine_grid computes, without its batched matrix product, which is slower here.)
+    height, width = images.shape[2:]
+    y = ((torch.arange(height, dtype=torch.float64) * 2 + 1) / height - 1).view(1, -1, 1)
+    x = ((torch.arange(width, dtype=torch.float64) * 2 + 1) / width - 1).view(1, 1, -1)
+    cos, sin, shift = cos.view(-1, 1, 1), sin.view(-1, 1, 1), shift.view(-1, 2, 1, 1)
+    grid = torch.stack([cos * x - sin * y + shift[:, 0], sin * x + cos * y + shift[:, 1]], dim=-1)
+    grid = grid.to(images.device, images.dtype)
     return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
