@@ -406,15 +406,16 @@ def main() -> int:
             f"(45 lookups per pixel and pass, {45 * points / 1e6:.1f} million per pass). "
             f"Everything else, {1000 * rest:.1f} ms ({rest / step_seconds:.0%}), is PyTorch: the MLP's "
             "matrix products (about 1.1 GFLOP per step), the losses, Adam, and the autograd engine "
-            f"(the profiler records {operators} aten operator calls per step, nested ones included; "
-            "among them the sums of each field's gradients over the chains that use it).",
+            f"(the profiler records {operators} aten operator calls per step, nested ones included).",
             "",
             "The sampler takes eight points at a time with 8-wide vectors; a lookup is then two "
             "16-byte loads (the fields are kept channels-last, so a cell's corners of both channels "
             "are 8 floats in two rows), a transpose and a dozen vector operations. The backward pass "
             "also adds each point's share to four corners, point by point in ascending order, so that "
             "the sums round exactly as before; neighbouring points share corners, so those additions "
-            "wait on each other. Bandwidth is not the bound (a 28 × 28 field is 6 KB per image).",
+            "wait on each other. A field read by several chains gets their gradients added into one "
+            "buffer inside the kernel as well, in the order autograd would add them "
+            "(`sampler.GradientSum`). Bandwidth is not the bound (a 28 × 28 field is 6 KB per image).",
             "",
             "The operations with the most self CPU time under the torch profiler (which inflates "
             "short operations; `_Compiled*` is the sampler, `mm`/`addmm` the MLP):",
@@ -449,7 +450,8 @@ def main() -> int:
         "images twice. (Earlier, exploratory runs not in this script tried batches of 16 and 32, a "
         "learning rate of 3e-3, decaying learning rates and weight decay without augmenting: none "
         "took the held-out ratio much below that of the post's recipe. With augmenting, amounts of "
-        "1 and 1.5, batches of 64 and a learning rate of 2e-3 needed more steps than 0.5 did.) "
+        "1 and 1.5 and a learning rate of 2e-3 needed more steps than 0.5 did, and batches of 64 "
+        "about as many seconds.) "
         "Training seconds to reach each level, per seed:",
         "",
     ]
