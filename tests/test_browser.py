@@ -231,7 +231,8 @@ def run_all_cells(page, timeout_s: float) -> list[str]:
     """Clear every output, run all cells, and wait until the kernel is idle with no cell queued,
     and either the last cell has run or a cell failed; returns the input prompts ('[1]:', ...)."""
     click_menu(page, "Edit", "Clear Outputs of All Cells")
-    page.wait_for_function(f"{PROMPTS_JS}.every(p => p === '[ ]:')")
+    # Clearing notebook 03's many widget outputs took over Playwright's default 30 s on a busy CI machine.
+    page.wait_for_function(f"{PROMPTS_JS}.every(p => p === '[ ]:')", timeout=120_000)
     click_menu(page, "Run", "Run All Cells")
     settled = f"""() => {{
         const prompts = {PROMPTS_JS};
