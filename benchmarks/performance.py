@@ -189,7 +189,7 @@ def time_to_quality(config, every):
     moving, fixed = (images.to(DEVICE) for images in evaluation_pairs(5, 5, n=256))
     seen = [images.to(DEVICE) for images in random_pairs(load_digits(5, "train"), 256, torch.Generator().manual_seed(1))]
     before = ssd.per_pair(moving, fixed).mean().item()
-    curve, spent, last = [(0.0, 0, 1.0)], {"evaluating": 0.0}, {}
+    curve, spent = [(0.0, 0, 1.0)], {"evaluating": 0.0}
     started = time.perf_counter()
 
     def ratio(net, moving, fixed):
@@ -202,12 +202,11 @@ def time_to_quality(config, every):
             return False
         paused = time.perf_counter()
         curve.append((paused - started - spent["evaluating"], step + 1, ratio(net, moving, fixed)))
-        last["net"] = net
         spent["evaluating"] += time.perf_counter() - paused
         return curve[-1][2] < QUALITY
 
-    train(config, device=DEVICE, progress=False, stop=stop)
-    return curve, ratio(last["net"], *seen)
+    trained = train(config, device=DEVICE, progress=False, stop=stop).net.to(DEVICE)
+    return curve, ratio(trained, *seen)
 
 
 def first_below(curve, level):
