@@ -44,6 +44,7 @@ from helpers.classical import register_pairwise  # noqa: E402
 from helpers.data import evaluation_pairs, load_digits, random_pairs  # noqa: E402
 from helpers.losses import ssd  # noqa: E402
 from helpers.models import FCNet, inner_fcnet, post_network  # noqa: E402
+from helpers.fused import training_loss  # noqa: E402
 from helpers.train import TrainConfig, checkpoint_path, load_checkpoint, train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -63,16 +64,19 @@ def trained_fcnet() -> FCNet:
 
 
 DEVICE = torch.device("cpu")  # --device: where (a), (b) and (c) run
-SHIPPED = "helpers (compiled sampler)"  # the baseline of (a) and (c); "helpers" on CUDA
+SHIPPED = "helpers, as train() runs it"  # the baseline of (a): helpers.fused.training_loss
+MODULES = "helpers modules, compiled sampler"  # the baseline of (c): net.register's path
 
 
-def helpers_loss(fcnet, implementation):
+def helpers_loss(fcnet, implementation, fused=False):
+    """helpers' loss around `fcnet`: through the modules, net(moving, fixed), with the sampler
+    `implementation`; or (fused) as `helpers.train` computes it, `training_loss`."""
     net = post_network().to(DEVICE)
     net.regis_net.netPsi.net = fcnet  # the one shared FunctionFromVectorField's network
 
     def loss(moving, fixed):
         with sampler.using(implementation):
-            return net(moving, fixed).all_loss
+            return (training_loss(net, moving, fixed) if fused else net(moving, fixed)).all_loss
 
     return loss
 
@@ -90,15 +94,16 @@ def icon_loss(fcnet, shape):
     return lambda moving, fixed: net(moving, fixed).all_loss
 
 
-def implementations(shape):
-    """name -> a function building (loss function, parameters) around a given FCNet."""
+def implementations(shape, training=True):
+    """name -> a function building a loss function around a given FCNet. With `training`,
+    helpers' first entry is the loss `helpers.train` uses (`SHIPPED`); without, it is the
+    modules' (`MODULES`), which is also what registers pairs without gradients."""
     if DEVICE.type == "cpu":
-        builders = {
-            SHIPPED: lambda fcnet: helpers_loss(fcnet, "compiled"),
-            "helpers (grid_sample sampler)": lambda fcnet: helpers_loss(fcnet, "reference"),
-        }
-    else:  # the compiled sampler is CPU code: helpers uses grid_sample on other devices
-        builders = {SHIPPED: lambda fcnet: helpers_loss(fcnet, "reference")}
+        builders = {SHIPPED: lambda fcnet: helpers_loss(fcnet, "compiled", fused=True)} if training else {}
+        builders[MODULES] = lambda fcnet: helpers_loss(fcnet, "compiled")
+        builders["helpers modules, grid_sample sampler"] = lambda fcnet: helpers_loss(fcnet, "reference")
+    else:  # the compiled sampler and the fused path are CPU code: helpers uses grid_sample here
+        builders = {SHIPPED if training else MODULES: lambda fcnet: helpers_loss(fcnet, "reference")}
     builders["plain reference"] = lambda fcnet: PlainNet(fcnet).to(DEVICE)
     try:
         import icon_registration  # noqa: F401
@@ -145,8 +150,7 @@ def step_times(batch, rounds):
     for name, build in implementations(moving.shape).items():
         own = copy.deepcopy(fcnet)
         loss = build(own)
-        with torch.no_grad():
-            losses[name] = loss(moving, fixed).item()
+        losses[name] = loss(moving, fixed).item()  # with gradients enabled: the fused path too
         steps[name] = lambda step=training_step(loss, own.parameters()): step(moving, fixed)
     expected = losses[SHIPPED]
     for name, value in losses.items():
@@ -159,7 +163,7 @@ def inference_rates(rounds, batch=256):
     moving, fixed = (images.to(DEVICE) for images in evaluation_pairs(5, 5, n=batch))
     fcnet = trained_fcnet().to(DEVICE)
     calls = {}
-    for name, build in implementations(moving.shape).items():
+    for name, build in implementations(moving.shape, training=False).items():
         loss = build(copy.deepcopy(fcnet))
 
         def register(loss=loss):
@@ -276,7 +280,7 @@ def profile(batch=128, steps=5, rows=10):
     time spent inside each function of the compiled kernel per step."""
     moving, fixed = random_pairs(load_digits(5, "train"), batch, torch.Generator().manual_seed(batch))
     fcnet = trained_fcnet()
-    step = training_step(helpers_loss(fcnet, "compiled"), fcnet.parameters())
+    step = training_step(helpers_loss(fcnet, "compiled", fused=True), fcnet.parameters())
     step(moving, fixed)
     with torch.profiler.profile() as profiler:
         for _ in range(steps):
@@ -348,13 +352,11 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="where (a), (b) and (c) run, e.g. cuda; (d), (e) and the profile are CPU only")
     parser.add_argument("--output", type=Path, help="default: benchmarks/RESULTS.md, or RESULTS_<device>.md off the CPU")
     args = parser.parse_args()
-    global DEVICE, SHIPPED
+    global DEVICE
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device here")
     on_cpu = DEVICE.type == "cpu"
-    if not on_cpu:
-        SHIPPED = "helpers (grid_sample sampler)"
     suffix = "" if on_cpu else f"_{DEVICE.type}"
     args.output = args.output or HERE / f"RESULTS{suffix}.md"
     quick = args.quick
@@ -425,7 +427,7 @@ def main() -> int:
     print("(c) inference", flush=True)
     rates = inference_rates(3 if quick else 10)
     report += ["", "## (c) Inference: pairs registered per second at batch 256", ""]
-    shipped = rates[SHIPPED]
+    shipped = rates[MODULES]
     report.append(
         table(("implementation", "pairs per second", "helpers is faster by"),
               [(n, f"{r:.0f}", f"{shipped / r:.2f}×") for n, r in rates.items()])

@@ -92,9 +92,9 @@ static inline void scatter(float *grad_image, const Cell *cell, int64_t W, float
  * point to be two 4-float loads, the fields are packed channels-last, [H, W, 2]: a cell's
  * top corners (nw, ne) of both channels are 4 adjacent floats, and so are its bottom
  * corners. Every value is computed with the same operations in the same order as the
- * scalar formulas above (locate, interpolate, slopes, scatter), and gradients are
- * accumulated point by point in ascending order, so the results are the same floats as
- * the scalar code's. */
+ * scalar formulas above (locate, interpolate, slopes, scatter). Gradients are scattered
+ * point by point, the even points of a group of eight first, then the odd ones (see
+ * scatter8): the same additions as the scalar code's, in a slightly different order. */
 
 typedef float v4 __attribute__((vector_size(16)));
 typedef float v8 __attribute__((vector_size(32)));
@@ -207,16 +207,18 @@ static inline Cells locate_points(v8 rows, v8 cols, const Axis *ax_row, const Ax
     return c;
 }
 
-/* Add x, a corner's increments of both channels, to the packed gradient at q: 8 bytes per
- * point and corner. The next point's cell usually shares a corner with this one, and
- * same-size accesses let the processor forward the stored value instead of stalling. */
-static inline void add2(float *q, v2 x) {
-    v2 v = load2(q) + x;
+/* Add x, the increments of a cell's two top (or bottom) corners of both channels, to the
+ * packed gradient at q: 4 adjacent floats. */
+static inline void add4(float *q, v4 x) {
+    v4 v = load4(q) + x;
     memcpy(q, &v, sizeof v);
 }
 
-/* scatter() of eight points, both channels, point by point in ascending order. add holds
- * the increments (nw, ne, sw, se corner; channel 0, 1) as add[2 * corner + channel]. */
+/* scatter() of eight points, both channels. add holds the increments (nw, ne, sw, se
+ * corner; channel 0, 1) as add[2 * corner + channel]. Neighbouring points usually share
+ * corners, so adding point j + 1 straight after point j would wait for j's stores to be
+ * read back; the even points go first, then the odd ones, whose cells are usually two
+ * columns apart from the previous point's (benchmarks/RESULTS.md measures the gain). */
 static inline void scatter8(float *grad_packed, const int32_t offset[LANES], int32_t row, const v8 add[8]) {
     v8 low[4], high[4]; /* per corner: the (channel 0, channel 1) pairs of points 0 1 | 4 5, 2 3 | 6 7 */
     for (int corner = 0; corner < 4; corner++) {
@@ -226,18 +228,16 @@ static inline void scatter8(float *grad_packed, const int32_t offset[LANES], int
 #define POINT(j, half, e)                                                   \
     do {                                                                    \
         float *q = grad_packed + offset[j];                                 \
-        add2(q, PAIR(half[0], e));                                          \
-        add2(q + 2, PAIR(half[1], e));                                      \
-        add2(q + row, PAIR(half[2], e));                                    \
-        add2(q + row + 2, PAIR(half[3], e));                                \
+        add4(q, join2(PAIR(half[0], e), PAIR(half[1], e)));                 \
+        add4(q + row, join2(PAIR(half[2], e), PAIR(half[3], e)));           \
     } while (0)
     POINT(0, low, 0);
-    POINT(1, low, 2);
     POINT(2, high, 0);
-    POINT(3, high, 2);
     POINT(4, low, 4);
-    POINT(5, low, 6);
     POINT(6, high, 4);
+    POINT(1, low, 2);
+    POINT(3, high, 2);
+    POINT(5, low, 6);
     POINT(7, high, 6);
 #undef POINT
 }
@@ -286,32 +286,32 @@ void chain_forward(const float *const *fields, int64_t K, int64_t B, int64_t H, 
     int64_t b;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (b = 0; b < B; b++) {
-        float *rows = out + b * 2 * N, *cols = rows + N;
-        memcpy(rows, coords + b * coords_batch_stride, 2 * N * sizeof(float));
+        /* Each field reads the points where the one before left them (in visited, when it
+         * is kept) and writes where they go next: the next field's slot, or out. */
+        float *const last = out + b * 2 * N;
+        const float *from = coords + b * coords_batch_stride;
+        if (visited) {
+            memcpy(visited + b * K * 2 * N, from, 2 * N * sizeof(float));
+            from = visited + b * K * 2 * N;
+        }
         for (int64_t k = 0; k < K; k++) {
             const float *packed = fields[k] + b * 2 * HW;
-            const float *at_rows = rows, *at_cols = cols;
-            if (visited) {
-                float *at = visited + (b * K + k) * 2 * N;
-                memcpy(at, rows, 2 * N * sizeof(float));
-                at_rows = at;
-                at_cols = at + N;
-            }
+            float *to = visited && k + 1 < K ? visited + (b * K + k + 1) * 2 * N : last;
             if (k == 0 && on_grid) {
                 for (int64_t n = 0; n < N; n++) {
-                    rows[n] += packed[2 * n];
-                    cols[n] += packed[2 * n + 1];
+                    to[n] = from[n] + packed[2 * n];
+                    to[N + n] = from[N + n] + packed[2 * n + 1];
                 }
             } else {
-                chain_step(packed, H, W, &ax_row, &ax_col, at_rows, at_cols, rows, cols, N);
+                chain_step(packed, H, W, &ax_row, &ax_col, from, from + N, to, to + N, N);
             }
+            from = to;
         }
     }
 }
 
 /* The backward pass of chain_step: for the N points of one image that were at (rows, cols),
- * add the field's share of the gradient (g_rows, g_cols) to grad_packed (zeroed by the
- * caller) and turn (g_rows, g_cols) into the gradient with respect to (rows, cols):
+ * add the field's share of the gradient (g_rows, g_cols) to grad_packed and turn (g_rows, g_cols) into the gradient with respect to (rows, cols):
  * p_out = p + D(p) gives dL/dp = g + J_D(p)^T g. */
 static void chain_step_backward(const float *packed, int64_t H, int64_t W, const Axis *ax_row,
                                 const Axis *ax_col, const float *rows, const float *cols,
@@ -323,7 +323,7 @@ static void chain_step_backward(const float *packed, int64_t H, int64_t W, const
         Cells cell = locate_points(load8(rows + n), load8(cols + n), ax_row, ax_col, (int32_t)W);
         corners8(packed, cell.offset, row, v);
         v8 wr = cell.wrow, wc = cell.wcol, g0 = load8(g_rows + n), g1 = load8(g_cols + n);
-        /* scatter() of both channels, point by point in ascending order */
+        /* scatter() of both channels (scatter8: even points, then odd ones) */
         v8 add[8] = {g0 * (1.0f - wr) * (1.0f - wc), g1 * (1.0f - wr) * (1.0f - wc),
                      g0 * (1.0f - wr) * wc,          g1 * (1.0f - wr) * wc,
                      g0 * wr * (1.0f - wc),          g1 * wr * (1.0f - wc),
@@ -362,9 +362,10 @@ static void chain_step_backward(const float *packed, int64_t H, int64_t W, const
 /* grad_out [B, 2, N] is overwritten: it becomes the gradient with respect to the coordinates
  * (unless on_grid, where the coordinates are the fixed pixel grid and it is left unfinished).
  * grad_fields: K pointers to [B, H, W, 2] buffers (packed, like the fields) that receive the
- * fields' gradients: overwritten where accumulate[k] is 0; where it is 1, this chain's
- * gradient is first computed in scratch ([B, H, W, 2]; NULL if no accumulate[k] is 1) and
- * then added, so the sum rounds exactly as adding the two separate gradient tensors would. */
+ * fields' gradients: overwritten where accumulate[k] is 0. Where it is 1, this chain's
+ * gradient is added: with scratch ([B, H, W, 2]) it is first computed there and then
+ * added, so the sum rounds exactly as adding the two separate gradient tensors would;
+ * with scratch NULL it is scattered straight into the buffer (faster, rounded otherwise). */
 void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
                     const float *visited, int64_t N, int on_grid, float *grad_out,
                     float *const *grad_fields, const int32_t *accumulate, float *scratch,
@@ -379,18 +380,24 @@ void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H,
         for (int64_t k = K - 1; k >= 0; k--) {
             const float *packed = fields[k] + b * 2 * HW;
             float *total = grad_fields[k] + b * 2 * HW;
-            float *grad_packed = accumulate[k] ? scratch + b * 2 * HW : total;
+            const int direct = accumulate[k] && !scratch; /* scatter into the total itself */
+            float *grad_packed = accumulate[k] && !direct ? scratch + b * 2 * HW : total;
             const float *rows = visited + (b * K + k) * 2 * N, *cols = rows + N;
-            if (k == 0 && on_grid) {
+            if (k == 0 && on_grid && direct) {
+                for (int64_t n = 0; n < N; n++) {
+                    grad_packed[2 * n] += g_rows[n];
+                    grad_packed[2 * n + 1] += g_cols[n];
+                }
+            } else if (k == 0 && on_grid) {
                 for (int64_t n = 0; n < N; n++) {
                     grad_packed[2 * n] = 0.0f + g_rows[n];
                     grad_packed[2 * n + 1] = 0.0f + g_cols[n];
                 }
             } else {
-                memset(grad_packed, 0, 2 * HW * sizeof(float));
+                if (!direct) memset(grad_packed, 0, 2 * HW * sizeof(float));
                 chain_step_backward(packed, H, W, &ax_row, &ax_col, rows, cols, g_rows, g_cols, grad_packed, N);
             }
-            if (accumulate[k])
+            if (accumulate[k] && !direct)
                 for (int64_t i = 0; i < 2 * HW; i++)
                     total[i] += grad_packed[i];
         }
@@ -480,6 +487,70 @@ void sample_forward(const float *values, int64_t B, int64_t C, int64_t H, int64_
     }
 }
 
+/* The points of image b for sample_backward, which passes want_values and want_coords as
+ * constants: the compiler then makes a loop for each case, and the one that only needs
+ * the coordinates' gradient (the post's world: the moving image is data) no longer
+ * carries the scatter's code (1.6× faster here). */
+static inline void sample_backward_image(const float *values, int64_t b, int64_t C, int64_t H, int64_t W,
+                                         const float *rows, const float *cols, int64_t N,
+                                         const Axis *ax_row, const Axis *ax_col, const float *grad_out,
+                                         float *grad_values, float *grad_coords, const int want_values,
+                                         const int want_coords) {
+    int64_t n = 0;
+    for (; n + LANES <= N; n += LANES) {
+        Cells cell = locate_pixels(load8(rows + n), load8(cols + n), ax_row, ax_col, (int32_t)W);
+        v8 wr = cell.wrow, wc = cell.wcol, g_row = {0}, g_col = {0};
+        for (int64_t ch = 0; ch < C; ch++) {
+            const float *image = values + (b * C + ch) * H * W;
+            v8 g = load8(grad_out + (b * C + ch) * N + n);
+            if (want_values) { /* scatter(), point by point in ascending order */
+                v8 add[4] = {g * (1.0f - wr) * (1.0f - wc), g * (1.0f - wr) * wc,
+                             g * wr * (1.0f - wc), g * wr * wc};
+                float *target = grad_values + (b * C + ch) * H * W;
+                for (int j = 0; j < LANES; j++) {
+                    float *q = target + cell.offset[j];
+                    q[0] += add[0][j];
+                    q[1] += add[1][j];
+                    q[W] += add[2][j];
+                    q[W + 1] += add[3][j];
+                }
+            }
+            if (want_coords) { /* slopes() */
+                v8 nw, ne, sw, se;
+                pairs8(image, cell.offset, &nw, &ne);
+                pairs8(image + W, cell.offset, &sw, &se);
+                v8 d_row = ((1.0f - wc) * (sw - nw) + wc * (se - ne)) * cell.drow;
+                v8 d_col = ((1.0f - wr) * (ne - nw) + wr * (se - sw)) * cell.dcol;
+                g_row += g * d_row;
+                g_col += g * d_col;
+            }
+        }
+        if (want_coords) {
+            store8(grad_coords + (b * 2) * N + n, g_row);
+            store8(grad_coords + (b * 2 + 1) * N + n, g_col);
+        }
+    }
+    for (; n < N; n++) {
+        Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
+        float g_row = 0.0f, g_col = 0.0f;
+        for (int64_t ch = 0; ch < C; ch++) {
+            float g = grad_out[(b * C + ch) * N + n];
+            if (want_values) scatter(grad_values + (b * C + ch) * H * W, &cell, W, g);
+            if (want_coords) {
+                Corners v = corners(values + (b * C + ch) * H * W, &cell, (int32_t)W);
+                float d_row, d_col;
+                slopes(&v, &cell, &d_row, &d_col);
+                g_row += g * d_row;
+                g_col += g * d_col;
+            }
+        }
+        if (want_coords) {
+            grad_coords[(b * 2) * N + n] = g_row;
+            grad_coords[(b * 2 + 1) * N + n] = g_col;
+        }
+    }
+}
+
 /* grad_values [B, C, H, W] (zeroed by the caller; NULL to skip) and grad_coords [B, 2, N]
  * (written, one per image even when the coordinates are shared; NULL to skip). */
 void sample_backward(const float *values, int64_t B, int64_t C, int64_t H, int64_t W,
@@ -490,58 +561,11 @@ void sample_backward(const float *values, int64_t B, int64_t C, int64_t H, int64
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (b = 0; b < B; b++) {
         const float *rows = coords + b * coords_batch_stride, *cols = rows + N;
-        int64_t n = 0;
-        for (; n + LANES <= N; n += LANES) {
-            Cells cell = locate_pixels(load8(rows + n), load8(cols + n), &ax_row, &ax_col, (int32_t)W);
-            v8 wr = cell.wrow, wc = cell.wcol, g_row = {0}, g_col = {0};
-            for (int64_t ch = 0; ch < C; ch++) {
-                const float *image = values + (b * C + ch) * H * W;
-                v8 g = load8(grad_out + (b * C + ch) * N + n);
-                if (grad_values) { /* scatter(), point by point in ascending order */
-                    v8 add[4] = {g * (1.0f - wr) * (1.0f - wc), g * (1.0f - wr) * wc,
-                                 g * wr * (1.0f - wc), g * wr * wc};
-                    float *target = grad_values + (b * C + ch) * H * W;
-                    for (int j = 0; j < LANES; j++) {
-                        float *q = target + cell.offset[j];
-                        q[0] += add[0][j];
-                        q[1] += add[1][j];
-                        q[W] += add[2][j];
-                        q[W + 1] += add[3][j];
-                    }
-                }
-                if (grad_coords) { /* slopes() */
-                    v8 nw, ne, sw, se;
-                    pairs8(image, cell.offset, &nw, &ne);
-                    pairs8(image + W, cell.offset, &sw, &se);
-                    v8 d_row = ((1.0f - wc) * (sw - nw) + wc * (se - ne)) * cell.drow;
-                    v8 d_col = ((1.0f - wr) * (ne - nw) + wr * (se - sw)) * cell.dcol;
-                    g_row += g * d_row;
-                    g_col += g * d_col;
-                }
-            }
-            if (grad_coords) {
-                store8(grad_coords + (b * 2) * N + n, g_row);
-                store8(grad_coords + (b * 2 + 1) * N + n, g_col);
-            }
-        }
-        for (; n < N; n++) {
-            Cell cell = locate(rows[n], cols[n], (int32_t)H, (int32_t)W);
-            float g_row = 0.0f, g_col = 0.0f;
-            for (int64_t ch = 0; ch < C; ch++) {
-                float g = grad_out[(b * C + ch) * N + n];
-                if (grad_values) scatter(grad_values + (b * C + ch) * H * W, &cell, W, g);
-                if (grad_coords) {
-                    Corners v = corners(values + (b * C + ch) * H * W, &cell, (int32_t)W);
-                    float d_row, d_col;
-                    slopes(&v, &cell, &d_row, &d_col);
-                    g_row += g * d_row;
-                    g_col += g * d_col;
-                }
-            }
-            if (grad_coords) {
-                grad_coords[(b * 2) * N + n] = g_row;
-                grad_coords[(b * 2 + 1) * N + n] = g_col;
-            }
-        }
+        if (grad_values && grad_coords)
+            sample_backward_image(values, b, C, H, W, rows, cols, N, &ax_row, &ax_col, grad_out, grad_values, grad_coords, 1, 1);
+        else if (grad_values)
+            sample_backward_image(values, b, C, H, W, rows, cols, N, &ax_row, &ax_col, grad_out, grad_values, NULL, 1, 0);
+        else if (grad_coords)
+            sample_backward_image(values, b, C, H, W, rows, cols, N, &ax_row, &ax_col, grad_out, NULL, grad_coords, 0, 1);
     }
 }

@@ -36,6 +36,13 @@ class Step(NamedTuple):
     transform: Transform
 
 
+def check_finite(displacement: torch.Tensor) -> None:
+    """Raise FloatingPointError if a displacement the network returned holds NaN or inf."""
+    if not all_finite(displacement):
+        # Interpolating at NaN/inf coordinates can crash PyTorch's CPU sampler outright.
+        raise FloatingPointError("the wrapped network returned NaN or inf displacements: its weights have diverged")
+
+
 class RegistrationModule(nn.Module):
     r"""Base class: `forward(moving, fixed)` returns φ with moving ∘ φ ≃ fixed.
 
@@ -116,11 +123,7 @@ class FunctionFromVectorField(RegistrationModule):
                 f"the wrapped network returned a displacement of shape {list(displacement.shape)}, "
                 f"expected {list(expected)}"
             )
-        if not all_finite(displacement):
-            # Interpolating at NaN/inf coordinates can crash PyTorch's CPU sampler outright.
-            raise FloatingPointError(
-                "the wrapped network returned NaN or inf displacements: its weights have diverged"
-            )
+        check_finite(displacement)
         yield Step(moving, fixed, displacement, displacement_transform(displacement))
 
 

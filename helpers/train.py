@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_digits, random_affine, random_pairs
+from .fused import training_loss
 from .losses import BendingLoss, DiffusionRegularizedNet
 from .models import inner_fcnet, post_network
 
@@ -145,7 +146,7 @@ def train(
         if config.augment:
             moving, fixed = (random_affine(batch, config.augment, pairs) for batch in (moving, fixed))
         try:
-            loss = net(moving, fixed)
+            loss = training_loss(net, moving, fixed)  # net(moving, fixed), fused where it can be
             if not torch.isfinite(loss.all_loss):
                 raise FloatingPointError(f"the loss is {loss.all_loss.item()}")
         except FloatingPointError as error:

@@ -55,6 +55,30 @@ MUTATIONS = {
         "total[i] = grad_packed[i];",
         "compiled",
     ),
+    "compiled: a chain's gradient on the grid replaces the sum instead of adding to it": (
+        "_bilinear.c",
+        "grad_packed[2 * n] += g_rows[n];",
+        "grad_packed[2 * n] = g_rows[n];",
+        "compiled",
+    ),
+    "fused: the first layer's halves swapped": (
+        "fused.py",
+        "w1_moving, w1_fixed = w1[:, :n], w1[:, n:]",
+        "w1_fixed, w1_moving = w1[:, :n], w1[:, n:]",
+        "compiled",
+    ),
+    "fused: the last layer's rows not reordered for the packed layout": (
+        "fused.py",
+        "w3_packed = w3.reshape(2, n, -1).transpose(0, 1).reshape(2 * n, -1)",
+        "w3_packed = w3",
+        "compiled",
+    ),
+    "fused: each chain overwrites the fields' gradients": (
+        "fused.py",
+        "first = k == steps - 1",
+        "first = True",
+        "compiled",
+    ),
     "compiled: chain rule without the identity term": (
         "_bilinear.c",
         "store8(g_rows + n, g0 + g0 * d0_drow + g1 * d1_drow);",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import helpers as icon
-from helpers import sampler
+from helpers import fused, sampler
 from helpers.models import FCNet
 
 REFERENCE = Path(__file__).parent / "data" / "icon_fcnet8_oracle.npz"
@@ -92,6 +92,33 @@ def test_nine_inner_calls_see_and_return_what_icon_did(ref, run):
 def test_parameter_gradients(ref, run, name):
     fcnet = run[1]
     assert_matches(dict(fcnet.named_parameters())[name].grad, ref[f"grad.fcnet.{name}"], f"gradient of {name}")
+
+
+@pytest.fixture(scope="module")
+def training_run(ref):
+    """The same pass as `helpers.train` takes it: `fused.training_loss` (one hand-written
+    autograd node where the compiled sampler serves, the modules elsewhere)."""
+    net, fcnet = build_post_network(ref)
+    image_A, image_B = tensor(ref, "image_A"), tensor(ref, "image_B")
+    took_fused = fused.applies(net, image_A, image_B)
+    loss = fused.training_loss(net, image_A, image_B)
+    loss.all_loss.backward()
+    return took_fused, fcnet, loss
+
+
+def test_training_takes_the_fused_path_with_the_compiled_sampler(ref, training_run):
+    assert training_run[0] == (sampler.active(tensor(ref, "image_A")) == "compiled")
+
+
+@pytest.mark.parametrize("field", ["all_loss", "bending_energy_loss", "similarity_loss", "transform_magnitude", "flips"])
+def test_training_loss_fields(ref, training_run, field):
+    assert_matches(getattr(training_run[2], field), ref[f"loss.{field}"], f"training path: {field}")
+
+
+@pytest.mark.parametrize("name", ["dense1.weight", "dense1.bias", "dense2.weight", "dense2.bias", "dense3.weight", "dense3.bias"])
+def test_training_parameter_gradients(ref, training_run, name):
+    fcnet = training_run[1]
+    assert_matches(dict(fcnet.named_parameters())[name].grad, ref[f"grad.fcnet.{name}"], f"training path: gradient of {name}")
 
 
 def test_interpolation_count_matches_icon_at_batch_4(ref, monkeypatch):

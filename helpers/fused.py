@@ -1,0 +1,196 @@
+"""The post's world as one autograd node, with a hand-written backward pass: how `train` runs.
+
+Through the modules (registration.py, losses.py), a training step of the post's network
+is a graph of several hundred autograd nodes: nine calls of the MLP, nine chains of
+displacement fields, nine warps. This module computes the same loss for that
+configuration (one `FCNet` acting `steps` times in composition, SSD plus λ times
+diffusion) in one node, and writes its backward pass out step by step:
+
+- the fixed image's half of the first layer is computed once per batch, not once per step
+  (the fixed image is the same in all nine calls);
+- the last layer's rows are permuted so that it writes each displacement field straight
+  into the channels-last layout the compiled sampler reads;
+- walking back through the chains, the kernel adds each field's gradient into one buffer
+  per field, and each weight's gradient over all steps is one matrix product.
+
+The numbers are the modules' to float rounding (the sums are taken in another order):
+tests/test_reference.py checks this path against icon_registration's numbers as it checks
+the modules, and tests/test_fused.py checks it against the modules.
+
+    loss = training_loss(net, moving, fixed)    # what net(moving, fixed) returns, faster
+
+It serves float32 tensors on the CPU with the compiled sampler; anywhere else, or for any
+other network, `training_loss` is simply `net(moving, fixed)`.
+"""
+
+import ctypes
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import sampler
+from .losses import SSD, BendingLoss, DiffusionRegularizedNet, pair_losses
+from .models import FCNet
+from .registration import FunctionFromVectorField, TwoStepRegistration, check_finite
+
+
+def world_of(net) -> tuple[FCNet, int] | None:
+    """(the FCNet, how many times it acts) if `net` is the post's configuration, else None.
+
+    That is: a `DiffusionRegularizedNet` with SSD around `TwoStepRegistration`s nested as
+    `models.multistep` nests them, all around one shared `FunctionFromVectorField(FCNet)`."""
+    if type(net) is not DiffusionRegularizedNet or type(net.similarity) is not SSD:
+        return None
+    module, leaves = net.regis_net, []
+    while type(module) is TwoStepRegistration:
+        leaves.append(module.netPsi)
+        module = module.netPhi
+    leaves.append(module)
+    inner = leaves[0]
+    if type(inner) is not FunctionFromVectorField or any(leaf is not inner for leaf in leaves):
+        return None
+    if type(inner.net) is not FCNet or net.image_shape != (1, inner.net.size, inner.net.size):
+        return None
+    return inner.net, len(leaves)
+
+
+def applies(net, moving: torch.Tensor, fixed: torch.Tensor) -> bool:
+    """Whether `training_loss` takes the fused path for this network and these images."""
+    if world_of(net) is None:
+        return False
+    tensors = [moving, fixed, *net.parameters()]
+    return (
+        torch.is_grad_enabled()  # without gradients to compute, the modules are as fast
+        and sampler.active(*tensors) == "compiled"
+        and not moving.requires_grad
+        and not fixed.requires_grad
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+    )
+
+
+def training_loss(net, moving: torch.Tensor, fixed: torch.Tensor) -> BendingLoss:
+    """`net(moving, fixed)`: the `BendingLoss` of batch means, through the fused path when it
+    applies (see `applies`). Unlike `net(...)`, the fused path keeps no last result
+    (`net.phi_AB` and friends); use `net.register` for those."""
+    if not applies(net, moving, fixed):
+        return net(moving, fixed)
+    net.check_pair(moving, fixed)
+    fcnet, steps = world_of(net)
+    phi_grid, warped = _World.apply(
+        moving, fixed, net.identity_map, steps,
+        fcnet.dense1.weight, fcnet.dense1.bias, fcnet.dense2.weight, fcnet.dense2.bias,
+        fcnet.dense3.weight, fcnet.dense3.bias,
+    )  # fmt: skip
+    losses = pair_losses(phi_grid, net.identity_map, warped, fixed, net.similarity, net.lmbda)
+    return BendingLoss(*(field.mean() for field in losses))
+
+
+def _address(tensor: torch.Tensor):
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+def _backwards(tensor: torch.Tensor, last: int):
+    """The addresses of tensor[last], tensor[last - 1], …, tensor[0] (a chain's fields, in
+    the order they act), for the kernel."""
+    start, step = tensor.data_ptr(), tensor.stride(0) * tensor.element_size()
+    return (ctypes.c_void_p * (last + 1))(*(start + j * step for j in range(last, -1, -1)))
+
+
+class _World(torch.autograd.Function):
+    """(moving, fixed, identity, steps, weights and biases) -> φ on the grid [B, 2, H, W] and
+    the moving image warped by it [B, 1, H, W], as `DiffusionRegularizedNet.register` gives
+    them for the post's network.
+
+    Step k (0, 1, …): the MLP sees X[k] (the moving image warped by steps 0..k-1; X[0] is
+    the moving image) and the fixed image and returns the field D[k], packed [B, H·W, 2];
+    the chain D[0] ∘ … ∘ D[k] (D[k] acting first) on the grid gives P[k], and the moving
+    image sampled at P[k] is X[k + 1]."""
+
+    @staticmethod
+    def forward(ctx, moving, fixed, identity, steps, w1, b1, w2, b2, w3, b3):
+        kernel, threads = sampler.compiled_kernel(), torch.get_num_threads()
+        batch, _, height, width = moving.shape
+        n = height * width
+        grid = identity.reshape(1, 2, n).contiguous()
+        w1_moving, w1_fixed = w1[:, :n], w1[:, n:]
+        # dense3's rows reordered from (channel, pixel) to (pixel, channel): packed output.
+        w3_packed = w3.reshape(2, n, -1).transpose(0, 1).reshape(2 * n, -1)
+        b3_packed = b3.reshape(2, n).t().reshape(-1)
+        fixed_term = torch.addmm(b1, fixed.reshape(batch, n), w1_fixed.t())  # b1 + fixed's half
+
+        X = moving.new_empty(steps, batch, n)
+        X[0] = moving.reshape(batch, n)
+        H1, H2 = moving.new_empty(steps, batch, w1.shape[0]), moving.new_empty(steps, batch, w2.shape[0])
+        D = moving.new_empty(steps, batch, 2 * n)
+        P = moving.new_empty(steps, batch, 2, n)
+        visited = []  # visited[k]: where chain k evaluated each field, [B, k + 1, 2, N]
+        warped = moving.new_empty(batch, 1, height, width)
+        for k in range(steps):
+            torch.addmm(fixed_term, X[k], w1_moving.t(), out=H1[k]).relu_()
+            torch.addmm(b2, H1[k], w2.t(), out=H2[k]).relu_()
+            check_finite(torch.addmm(b3_packed, H2[k], w3_packed.t(), out=D[k]))
+            visited.append(moving.new_empty(batch, k + 1, 2, n))
+            kernel.chain_forward(
+                _backwards(D, k), k + 1, batch, height, width, _address(grid), 0, n, 1,
+                _address(P[k]), _address(visited[k]), threads,
+            )  # fmt: skip
+            out = X[k + 1] if k + 1 < steps else warped
+            kernel.sample_forward(_address(X[0]), batch, 1, height, width, _address(P[k]), 2 * n, n, _address(out), threads)
+        ctx.save_for_backward(fixed, w1, w2, w3_packed)
+        ctx.intermediates = X, H1, H2, D, P, visited
+        return P[-1].reshape(batch, 2, height, width), warped
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_phi, grad_warped):
+        kernel, threads = sampler.compiled_kernel(), torch.get_num_threads()
+        fixed, w1, w2, w3_packed = ctx.saved_tensors
+        if ctx.intermediates is None:
+            raise RuntimeError(
+                "training_loss's graph can be walked back only once (it frees its buffers "
+                "on the way): compute the loss again, or use net(moving, fixed) to keep the graph"
+            )
+        X, H1, H2, D, P, visited = ctx.intermediates
+        ctx.intermediates = None
+        steps, batch, n = X.shape
+        height, width = fixed.shape[2:]
+        w1_moving = w1[:, :n]
+
+        # The loss reads φ on the grid and the warped image, both at P[-1].
+        grad_points = grad_phi.reshape(batch, 2, n).contiguous()
+        from_warp = torch.empty_like(grad_points)
+        grad_warped = grad_warped.contiguous()
+        kernel.sample_backward(
+            _address(X[0]), batch, 1, height, width, _address(P[-1]), 2 * n, n,
+            _address(grad_warped), None, _address(from_warp), threads,
+        )  # fmt: skip
+        grad_points = grad_points + from_warp
+
+        G = torch.empty_like(D)  # G[k]: the gradient of D[k], summed over chains k..steps-1
+        GA1, GA2 = torch.empty_like(H1), torch.empty_like(H2)
+        for k in reversed(range(steps)):
+            # Chain k writes G[k] (the first chain to reach it: the last one) or adds to it,
+            # and so on to G[0]. After it, G[k] is complete: no earlier chain reads D[k].
+            first = k == steps - 1
+            kernel.chain_backward(
+                _backwards(D, k), k + 1, batch, height, width, _address(visited[k]), n, 1,
+                _address(grad_points), _backwards(G, k), (ctypes.c_int32 * (k + 1))(*[int(not first)] * (k + 1)),
+                None, threads,
+            )  # fmt: skip
+            GA2[k] = torch.ops.aten.threshold_backward(G[k] @ w3_packed, H2[k], 0.0)  # through the ReLU
+            GA1[k] = torch.ops.aten.threshold_backward(GA2[k] @ w2, H1[k], 0.0)
+            if k > 0:  # X[k] is the moving image sampled at P[k - 1]
+                grad_x = GA1[k] @ w1_moving
+                grad_points = torch.empty(batch, 2, n)
+                kernel.sample_backward(
+                    _address(X[0]), batch, 1, height, width, _address(P[k - 1]), 2 * n, n,
+                    _address(grad_x), None, _address(grad_points), threads,
+                )  # fmt: skip
+
+        # Each weight's gradient over all steps at once; the fixed image's half once.
+        G, GA1, GA2 = G.reshape(steps * batch, -1), GA1.reshape(steps * batch, -1), GA2.reshape(steps * batch, -1)
+        grad_w1 = torch.cat([GA1.t() @ X.reshape(steps * batch, n), GA1.reshape(steps, batch, -1).sum(0).t() @ fixed.reshape(batch, n)], 1)
+        grad_w3 = (G.t() @ H2.reshape(steps * batch, -1)).reshape(n, 2, -1).transpose(0, 1).reshape(2 * n, -1)
+        grad_b3 = G.sum(0).reshape(n, 2).t().reshape(-1)
+        grad_w2 = GA2.t() @ H1.reshape(steps * batch, -1)
+        return None, None, None, None, grad_w1, GA1.sum(0), grad_w2, GA2.sum(0), grad_w3, grad_b3
