@@ -49,10 +49,10 @@ def assert_same_loss_and_gradients(net, moving, fixed, gradient_tolerance):
 
 
 def test_trained_network_batch_of_128(fives):
-    # A trained network moves points across cell borders, where the bilinear gradient jumps:
-    # rounding differences in the forward pass (the first layer's two halves are summed
-    # separately) move a few points across, so the gradients agree less tightly than the
-    # losses. Against float64, both are that far off (see the note in helpers/fused.py).
+    # A trained network moves points across pixel cells' borders, where the bilinear slope
+    # jumps: rounding differences in the forward pass (the first layer's two halves are
+    # summed separately) move a few points across, so gradients agree less tightly than
+    # losses. Either path is about that far from float64 (the note in helpers/fused.py).
     net = fives.train()
     assert_same_loss_and_gradients(net, *pairs(128), gradient_tolerance=5e-3)
 
