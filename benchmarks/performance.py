@@ -6,9 +6,9 @@
 
 It measures, and writes into RESULTS.md with the machine and the date:
   (a) ms per training step (forward + backward + Adam) at batch 128, 32 and 1, for helpers
-      as shipped (compiled sampler), helpers with the grid_sample sampler, the plain
-      reference in benchmarks/plain_reference.py, and icon_registration when it is installed
-      (`pip install -e ".[benchmark]"`). The implementations take turns, step by step, so
+      as `helpers.train` runs it (helpers.fused), helpers' modules with the compiled sampler
+      and with grid_sample, the plain reference in benchmarks/plain_reference.py, and
+      icon_registration when it is installed (`pip install -e ".[benchmark]"`). The implementations take turns, step by step, so
       that a noisy machine slows them alike; each one's loss is first checked against helpers.
   (b) time to quality: training seconds until the held-out 5 → 5 mean SSD falls below 0.2×
       its value before registration (median of 3 seeds; evaluation time not counted), for the
@@ -292,6 +292,7 @@ def profile(batch=128, steps=5, rows=10):
         for event in events[:rows]
     ]
     operators = sum(event.count for event in events if event.key.startswith("aten::")) // steps
+    products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm")) / 1e6 / steps
 
     kernel = sampler.compiled_kernel()
     spent = {}
@@ -319,7 +320,15 @@ def profile(batch=128, steps=5, rows=10):
         sampler._library = kernel
     samples.sort(key=lambda sample: sample[0])
     step_seconds, kernel_seconds = samples[len(samples) // 2]
-    return top, operators, step_seconds, kernel_seconds
+    return top, operators, products, step_seconds, kernel_seconds
+
+
+def mlp_flops(batch, steps=9, pixels=28 * 28, hidden=50):
+    """Multiply-adds × 2 of the MLP's matrix products in one fused training step: the fixed
+    image's half of dense1 once, forward and backward; the rest once per step (the moving
+    image's input gradient from the second step on)."""
+    first = pixels * hidden * (steps + 1) + pixels * hidden * (steps + steps - 1 + 1)  # dense1
+    return 2 * batch * (first + 3 * steps * hidden * hidden + 3 * steps * 2 * pixels * hidden)
 
 
 # ----------------------------------------------------------------------------- report
@@ -379,15 +388,24 @@ def main() -> int:
         for name, value in seconds.items():
             rows.append((batch, name, f"{1000 * value:.1f}", f"{value / shipped:.2f}×"))
         print(f"  batch {batch}: " + ", ".join(f"{n} {1000 * v:.1f} ms" for n, v in seconds.items()), flush=True)
+    at_128 = {name: float(ms) for batch, name, ms, _ in rows if batch == 128}
+    others = [name for name in at_128 if name.startswith(("plain", "icon"))]
     report += [
         "Median over rounds in which the implementations take turns, one step each. Every "
         "implementation first computes the loss of the same batch with the same weights (the "
-        "shipped 5s network); they agree to 1e-5 relative or the benchmark stops.",
+        "shipped 5s network); they agree to 1e-5 relative or the benchmark stops. "
+        f"*{SHIPPED}*: `helpers.fused.training_loss`, one autograd node with a hand-written backward "
+        "pass; *helpers modules*: `net(moving, fixed)` through registration.py and losses.py, under "
+        "autograd, with the compiled sampler or with `grid_sample`.",
+        "",
+        "**At batch 128, helpers' training step takes "
+        + ", and ".join(f"{at_128[name] / at_128[SHIPPED]:.2f}× less time than {name}" for name in others)
+        + ".**",
         "",
         table(("batch", "implementation", "ms per step", "time relative to helpers"), rows),
     ]
 
-    top, operators, step_seconds, kernel_seconds = profile() if on_cpu else (None, None, None, None)
+    top, operators, products, step_seconds, kernel_seconds = profile() if on_cpu else (None,) * 5
     if on_cpu:
         # Per point and forward pass: 36 lookups in displacement fields (step k's composed transform
         # walks back through k fields, the first of which is read on the grid without interpolating)
@@ -395,31 +413,39 @@ def main() -> int:
         points = 128 * 28 * 28
         forward = kernel_seconds.get("chain_forward", 0) + kernel_seconds.get("sample_forward", 0)
         backward = kernel_seconds.get("chain_backward", 0) + kernel_seconds.get("sample_backward", 0)
-        rest = step_seconds - forward - backward
+        rest = step_seconds - forward - backward - products
+        flops = mlp_flops(128)
         report += [
             "",
             "### What bounds it",
             "",
-            f"A shipped step at batch 128 took {1000 * step_seconds:.1f} ms in this measurement (median of 15, "
-            "timed without the profiler). Of that, helpers/_bilinear.c, the compiled sampler, took "
-            f"{1000 * forward:.1f} ms forward and {1000 * backward:.1f} ms backward: "
-            f"{1e9 * forward / (45 * points):.2f} and {1e9 * backward / (45 * points):.2f} ns per lookup "
-            f"(45 lookups per pixel and pass, {45 * points / 1e6:.1f} million per pass). "
-            f"Everything else, {1000 * rest:.1f} ms ({rest / step_seconds:.0%}), is PyTorch: the MLP's "
-            "matrix products (about 1.1 GFLOP per step), the losses, Adam, and the autograd engine "
+            f"A shipped step at batch 128 (`helpers.train`'s, through `helpers.fused`) took "
+            f"{1000 * step_seconds:.1f} ms in this measurement (median of 15, timed without the profiler). "
+            f"Of that, helpers/_bilinear.c, the compiled sampler, took {1000 * forward:.1f} ms forward and "
+            f"{1000 * backward:.1f} ms backward: {1e9 * forward / (45 * points):.2f} and "
+            f"{1e9 * backward / (45 * points):.2f} ns per lookup (45 lookups per pixel and pass, "
+            f"{45 * points / 1e6:.1f} million per pass). The MLP's matrix products, {flops / 1e9:.2f} GFLOP "
+            f"per step, took about {1000 * products:.1f} ms under the profiler ({flops / products / 1e9:.0f} "
+            f"GFLOP/s). The remaining {1000 * rest:.1f} ms ({rest / step_seconds:.0%}) are PyTorch's small "
+            "operations (the losses, Adam, the ReLUs' gradients, allocations) and the Python between them "
             f"(the profiler records {operators} aten operator calls per step, nested ones included).",
             "",
             "The sampler takes eight points at a time with 8-wide vectors; a lookup is then two "
             "16-byte loads (the fields are kept channels-last, so a cell's corners of both channels "
             "are 8 floats in two rows), a transpose and a dozen vector operations. The backward pass "
-            "also adds each point's share to four corners, point by point in ascending order, so that "
-            "the sums round exactly as before; neighbouring points share corners, so those additions "
-            "wait on each other. A field read by several chains gets their gradients added into one "
-            "buffer inside the kernel as well, in the order autograd would add them "
-            "(`sampler.GradientSum`). Bandwidth is not the bound (a 28 × 28 field is 6 KB per image).",
+            "also adds each point's share to the four corners of its cell. Neighbouring points share "
+            "corners, and an addition that must wait for the previous point's store to be read back "
+            "stalls, so the kernel adds a group's even points first and then its odd ones (whose cells "
+            "rarely touch the previous point's), a cell's two top or bottom corners of both channels "
+            "as one 16-byte addition. In the fused step each field's gradient from all the chains that "
+            "read it is added straight into one buffer; through the modules (the second row of the "
+            "table above) each chain's share is first computed separately and then added, so that the "
+            "sums round exactly as autograd's would. Bandwidth is not the bound (a 28 × 28 field is "
+            "6 KB per image).",
             "",
             "The operations with the most self CPU time under the torch profiler (which inflates "
-            "short operations; `_Compiled*` is the sampler, `mm`/`addmm` the MLP):",
+            "short operations; `_World` and `_WorldBackward` are the fused step, mostly the sampler, "
+            "`mm`/`addmm` the MLP):",
             "",
             table(("operation", "share", "ms per step", "calls per step"), top),
         ]
