@@ -7,6 +7,8 @@ Pixel (i, j) sits at the coordinate (i / (H-1), j / (W-1)), so coordinates lie i
 pixel's own coordinate.
 """
 
+import math
+
 import torch
 
 
@@ -64,7 +66,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
     if tensor.numel() == 0:
         return True
     smallest, largest = torch.aminmax(tensor.detach())
-    return bool(torch.isfinite(smallest)) and bool(torch.isfinite(largest))
+    return math.isfinite(smallest.item()) and math.isfinite(largest.item())
 
 
 def check_image_pair(moving, fixed, expected_shape=None) -> None:
