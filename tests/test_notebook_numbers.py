@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-CHECKED = ["04_out_of_distribution.ipynb", "05_hunting_the_inner_objective.ipynb"]
 NUMBER = re.compile(r"\d+\.\d+%?|\d+%")
+# Numbers in the prose that are not results, per notebook, with the words around them.
+NOT_RESULTS = {
+    "02_mlp_and_multistep.ipynb": {"1703.10908": "arXiv:1703.10908"},
+    "03_training_on_fives.ipynb": {"75%": "with the 25–75% band"},
+}
 
 
 def quoted_numbers(cells):
@@ -23,12 +27,16 @@ def quoted_numbers(cells):
             yield from (match.group() for match in NUMBER.finditer(prose))
 
 
-@pytest.mark.parametrize("name", CHECKED)
+@pytest.mark.parametrize("name", sorted(path.name for path in NOTEBOOKS.glob("*.ipynb")))
 def test_numbers_in_the_prose_come_from_the_outputs(name):
     cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
     outputs = "".join(
         "".join(output.get("text", ""))
         for cell in cells if cell["cell_type"] == "code" for output in cell.get("outputs", [])
     )
-    missing = sorted({number for number in quoted_numbers(cells) if number not in outputs})
+    prose = "".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "markdown")
+    exempt = NOT_RESULTS.get(name, {})
+    for number, context in exempt.items():
+        assert context in prose, f"{name}: {context!r} is no longer in the prose; update NOT_RESULTS"
+    missing = sorted({number for number in quoted_numbers(cells) if number not in outputs and number not in exempt})
     assert not missing, f"{name}: the prose quotes {missing}, which no output prints"
