@@ -8,8 +8,9 @@ It measures, and writes into RESULTS.md with the machine and the date:
   (a) ms per training step (forward + backward + Adam) at batch 128, 32 and 1, for helpers
       as `helpers.train` runs it (helpers.fused), helpers' modules with the compiled sampler
       and with grid_sample, the plain reference in benchmarks/plain_reference.py, and
-      icon_registration when it is installed (`pip install -e ".[benchmark]"`). The implementations take turns, step by step, so
-      that a noisy machine slows them alike; each one's loss is first checked against helpers.
+      icon_registration when it is installed (`pip install -e ".[benchmark]"`). The
+      implementations take turns, step by step, so that a noisy machine slows them alike;
+      each one's loss is first checked against helpers.
   (b) time to quality: training seconds until the held-out 5 → 5 mean SSD falls below 0.2×
       its value before registration (median of 3 seeds; evaluation time not counted), for the
       post's recipe and for the same with augmented training images (TrainConfig.augment).
@@ -327,8 +328,11 @@ def mlp_flops(batch, steps=9, pixels=28 * 28, hidden=50):
     """Multiply-adds × 2 of the MLP's matrix products in one fused training step: the fixed
     image's half of dense1 once, forward and backward; the rest once per step (the moving
     image's input gradient from the second step on)."""
-    first = pixels * hidden * (steps + 1) + pixels * hidden * (steps + steps - 1 + 1)  # dense1
-    return 2 * batch * (first + 3 * steps * hidden * hidden + 3 * steps * 2 * pixels * hidden)
+    # dense1: forward and weight gradient, each `steps` moving halves and one fixed half;
+    # the moving image's input gradient, steps - 1 times.
+    dense1 = pixels * hidden * ((steps + 1) + (steps + 1) + (steps - 1))
+    dense2, dense3 = 3 * steps * hidden * hidden, 3 * steps * 2 * pixels * hidden  # forward, two gradients
+    return 2 * batch * (dense1 + dense2 + dense3)
 
 
 # ----------------------------------------------------------------------------- report

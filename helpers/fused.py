@@ -36,6 +36,7 @@ from . import sampler
 from .losses import SSD, BendingLoss, DiffusionRegularizedNet, pair_losses
 from .models import FCNet
 from .registration import FunctionFromVectorField, TwoStepRegistration, check_finite
+from .sampler import _address
 
 
 def world_of(net) -> tuple[FCNet, int] | None:
@@ -60,8 +61,11 @@ def world_of(net) -> tuple[FCNet, int] | None:
 
 def applies(net, moving: torch.Tensor, fixed: torch.Tensor) -> bool:
     """Whether `training_loss` takes the fused path for this network and these images."""
-    if world_of(net) is None:
-        return False
+    return world_of(net) is not None and _serves(net, moving, fixed)
+
+
+def _serves(net, moving, fixed) -> bool:
+    """The conditions of `applies` beyond the network's structure."""
     tensors = [moving, fixed, *net.parameters()]
     return (
         torch.is_grad_enabled()  # without gradients to compute, the modules are as fast
@@ -76,10 +80,11 @@ def training_loss(net, moving: torch.Tensor, fixed: torch.Tensor) -> BendingLoss
     """`net(moving, fixed)`: the `BendingLoss` of batch means, through the fused path when it
     applies (see `applies`). Unlike `net(...)`, the fused path keeps no last result
     (`net.phi_AB` and friends); use `net.register` for those."""
-    if not applies(net, moving, fixed):
+    world = world_of(net)
+    if world is None or not _serves(net, moving, fixed):
         return net(moving, fixed)
     net.check_pair(moving, fixed)
-    fcnet, steps = world_of(net)
+    fcnet, steps = world
     phi_grid, warped = _World.apply(
         moving, fixed, net.identity_map, steps,
         fcnet.dense1.weight, fcnet.dense1.bias, fcnet.dense2.weight, fcnet.dense2.bias,
@@ -87,10 +92,6 @@ def training_loss(net, moving: torch.Tensor, fixed: torch.Tensor) -> BendingLoss
     )  # fmt: skip
     losses = pair_losses(phi_grid, net.identity_map, warped, fixed, net.similarity, net.lmbda)
     return BendingLoss(*(field.mean() for field in losses))
-
-
-def _address(tensor: torch.Tensor):
-    return ctypes.c_void_p(tensor.data_ptr())
 
 
 def _backwards(tensor: torch.Tensor, last: int):
