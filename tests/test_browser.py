@@ -142,13 +142,26 @@ def is_running(pid: int) -> bool:
         return False
 
 
+def write_without_outputs(source: Path, target: Path) -> None:
+    """Copy a notebook with no outputs, execution counts or saved widget state, as a reader's
+    "Clear Outputs of All Cells" leaves it. (Clearing in the page instead sometimes took JupyterLab
+    over two minutes for notebook 03's many widget outputs on a busy CI machine.)"""
+    notebook = json.loads(source.read_text())
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    notebook["metadata"].pop("widgets", None)
+    target.write_text(json.dumps(notebook, indent=1, ensure_ascii=False))
+
+
 class JupyterLab:
     """`jupyter lab` as `make lab` starts it (the project's jupyter_config/), on 127.0.0.1, a free port
-    and no token, serving copies of `notebooks` from `folder`; its log goes to artifacts/browser/."""
+    and no token, serving copies of `notebooks` from `folder`, without their outputs; its log goes
+    to artifacts/browser/."""
 
     def __init__(self, folder: Path, notebooks: list[str]):
         for name in notebooks:
-            shutil.copy(ROOT / "notebooks" / name, folder / name)
+            write_without_outputs(ROOT / "notebooks" / name, folder / name)
         shutil.copytree(CHECKPOINTS, folder / "checkpoints")
         environment = {
             **os.environ,
@@ -228,11 +241,10 @@ SCRUBBER_IMAGE_JS = "document.querySelector('.widget-output img')?.src"  # the f
 
 
 def run_all_cells(page, timeout_s: float) -> list[str]:
-    """Clear every output, run all cells, and wait until the kernel is idle with no cell queued,
-    and either the last cell has run or a cell failed; returns the input prompts ('[1]:', ...)."""
-    click_menu(page, "Edit", "Clear Outputs of All Cells")
-    # Clearing notebook 03's many widget outputs took over Playwright's default 30 s on a busy CI machine.
-    page.wait_for_function(f"{PROMPTS_JS}.every(p => p === '[ ]:')", timeout=120_000)
+    """Run all cells of a notebook opened without outputs, and wait until the kernel is idle with
+    no cell queued, and either the last cell has run or a cell failed; returns the input prompts
+    ('[1]:', ...)."""
+    page.wait_for_function(f"{PROMPTS_JS}.length > 0 && {PROMPTS_JS}.every(p => p === '[ ]:')")
     click_menu(page, "Run", "Run All Cells")
     settled = f"""() => {{
         const prompts = {PROMPTS_JS};
