@@ -3,9 +3,10 @@
     python scripts/export_html.py [--out html] notebooks/03_training_on_fives.ipynb ...
 
 Each notebook becomes OUT/NAME.html with its saved widget state embedded, so that a reader
-without a kernel can move the step slider through what the notebook computed. require.js and
-the Jupyter widgets HTML manager are copied from vendor/ into OUT and loaded from there, not
-from a CDN. `make run` calls this after executing the notebooks.
+without a kernel can move the step slider through what the notebook computed. require.js, the
+Jupyter widgets HTML manager and MathJax (which typesets the formulas) are copied from vendor/
+into OUT and loaded from there, not from a CDN. `make run` calls this after executing the
+notebooks.
 """
 
 import argparse
@@ -18,6 +19,8 @@ from nbconvert import HTMLExporter
 ROOT = Path(__file__).resolve().parents[1]
 VENDOR = ROOT / "vendor"
 HTML = ROOT / "html"
+TEMPLATE = ROOT / "scripts" / "html_template" / "offline.html.j2"
+SCRIPTS = ("require.js", "embed-amd.js", "tex-svg-full.js")
 
 
 def export(notebooks: list[Path], out: Path) -> list[Path]:
@@ -26,10 +29,12 @@ def export(notebooks: list[Path], out: Path) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"expected existing .ipynb files, got {missing}")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("require.js", "embed-amd.js"):
+    for name in SCRIPTS:
         shutil.copy(VENDOR / name, out / name)
-    # mathjax_url="": no CDN; formulas stay as TeX source (MathJax is not vendored).
-    exporter = HTMLExporter(require_js_url="require.js", widget_renderer_url="embed-amd.js", mathjax_url="")
+    exporter = HTMLExporter(
+        template_name="lab", template_file=str(TEMPLATE),
+        require_js_url="require.js", widget_renderer_url="embed-amd.js", mathjax_url="tex-svg-full.js",
+    )
     pages = []
     for path in notebooks:
         body, _ = exporter.from_filename(str(path))

@@ -389,6 +389,41 @@ def test_offline_html_edition_renders_the_slider_and_the_figures(browser, tmp_pa
         tab.assert_clean()
 
 
+def formulas(notebook: Path) -> int:
+    """How many formulas ($...$ and $$...$$) the notebook's markdown cells hold, outside code spans
+    and escaped dollars."""
+    count = 0
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        if cell.cell_type == "markdown":
+            text = re.sub(r"`[^`]*`", "", cell.source.replace(r"\$", ""))
+            count += len(re.findall(r"\$\$.+?\$\$|\$[^$\n]+?\$", text, flags=re.DOTALL))
+    return count
+
+
+@pytest.fixture(scope="module")
+def html_edition(tmp_path_factory):
+    """Every notebook exported to the offline HTML edition, served on localhost: (folder, URL)."""
+    folder = tmp_path_factory.mktemp("html")
+    subprocess.run([sys.executable, ROOT / "scripts" / "export_html.py", "--out", folder,
+                    *sorted((ROOT / "notebooks").glob("*.ipynb"))], check=True, capture_output=True)
+    with serve(folder) as url:
+        yield url
+
+
+@pytest.mark.parametrize("notebook", sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb")))
+def test_offline_html_edition_typesets_every_formula(browser, html_edition, notebook):
+    expected = formulas(ROOT / "notebooks" / f"{notebook}.ipynb")
+    with offline_page(browser, f"{notebook}_html_maths") as tab:
+        page = tab.page
+        page.goto(f"{html_edition}/{notebook}.html")
+        page.wait_for_function("window.MathJax?.startup?.promise !== undefined", timeout=60_000)
+        page.evaluate("MathJax.startup.promise")  # resolves when the first typesetting is done
+        assert page.locator("mjx-container").count() == expected
+        errors = page.locator("mjx-merror").all_inner_texts()
+        assert not errors, f"formulas MathJax could not typeset: {errors}"
+        tab.assert_clean()
+
+
 def test_the_browser_cannot_leave_localhost(browser, tmp_path):
     """A server that Python reaches by this machine's host name, the browser does not."""
     (tmp_path / "page.txt").write_text("reached")

@@ -9,17 +9,17 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ROOT / "scripts" / "export_html.py"
 
 
-def test_pages_load_require_js_and_the_widget_manager_from_their_folder(tmp_path):
+def test_pages_load_require_js_the_widget_manager_and_mathjax_from_their_folder(tmp_path):
     notebook = ROOT / "notebooks" / "03_training_on_fives.ipynb"
     subprocess.run([sys.executable, EXPORT, "--out", tmp_path, notebook], check=True, capture_output=True)
     page = (tmp_path / "03_training_on_fives.html").read_text()
-    assert (tmp_path / "require.js").read_bytes() == (ROOT / "vendor" / "require.js").read_bytes()
-    assert (tmp_path / "embed-amd.js").read_bytes() == (ROOT / "vendor" / "embed-amd.js").read_bytes()
-    assert '<script src="require.js"></script>' in page
+    for name in ("require.js", "embed-amd.js", "tex-svg-full.js"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "vendor" / name).read_bytes(), name
     assert "var widgetRendererSrc = 'embed-amd.js';" in page
     assert 'application/vnd.jupyter.widget-state+json' in page
-    scripts = re.findall(r'<script[^>]* src="([^"]+)"', page)
-    assert scripts == ["require.js"], scripts  # MathJax off: nothing from a CDN
+    scripts = re.findall(r'<script[^>]* src="([^"]*)"', page)
+    assert sorted(scripts) == ["require.js", "tex-svg-full.js"], scripts  # nothing from a CDN
+    assert "window.MathJax = {" in page and "MathJax.Hub.Config" not in page  # MathJax 3, not 2
 
 
 def test_a_missing_notebook_is_named(tmp_path):
