@@ -367,15 +367,24 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_offline_html_edition_renders_the_slider_and_the_figures(browser, tmp_path):
+@pytest.fixture(scope="module")
+def html_edition(tmp_path_factory):
+    """Every notebook exported to the offline HTML edition, served on localhost; yields its URL."""
+    folder = tmp_path_factory.mktemp("html")
+    subprocess.run([sys.executable, ROOT / "scripts" / "export_html.py", "--out", folder,
+                    *sorted((ROOT / "notebooks").glob("*.ipynb"))], check=True, capture_output=True)
+    with serve(folder) as url:
+        yield url
+
+
+def test_offline_html_edition_renders_the_slider_and_the_figures(browser, html_edition):
     notebook = ROOT / "notebooks" / "03_training_on_fives.ipynb"
-    subprocess.run([sys.executable, ROOT / "scripts" / "export_html.py", "--out", tmp_path, notebook], check=True)
     figures = sum("image/png" in output.get("data", {}) for cell in nbformat.read(notebook, as_version=4).cells
                   for output in cell.get("outputs", []))
     assert figures >= 4
-    with serve(tmp_path) as url, offline_page(browser, "03_html") as tab:
+    with offline_page(browser, "03_html") as tab:
         page = tab.page
-        page.goto(f"{url}/{notebook.stem}.html")
+        page.goto(f"{html_edition}/{notebook.stem}.html")
         slider = page.locator(".widget-slider", has=page.locator("label", has_text=re.compile("^step$")))
         expect(slider.locator(".widget-readout")).to_have_text("0", timeout=60_000)
         expect(page.locator(".widget-output img")).to_have_count(1)
@@ -398,16 +407,6 @@ def formulas(notebook: Path) -> int:
             text = re.sub(r"`[^`]*`", "", cell.source.replace(r"\$", ""))
             count += len(re.findall(r"\$\$.+?\$\$|\$[^$\n]+?\$", text, flags=re.DOTALL))
     return count
-
-
-@pytest.fixture(scope="module")
-def html_edition(tmp_path_factory):
-    """Every notebook exported to the offline HTML edition, served on localhost: (folder, URL)."""
-    folder = tmp_path_factory.mktemp("html")
-    subprocess.run([sys.executable, ROOT / "scripts" / "export_html.py", "--out", folder,
-                    *sorted((ROOT / "notebooks").glob("*.ipynb"))], check=True, capture_output=True)
-    with serve(folder) as url:
-        yield url
 
 
 @pytest.mark.parametrize("notebook", sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb")))
