@@ -6,7 +6,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import warping
-from .data import evaluation_pairs
+from .classifier import predict_proba
+from .data import evaluation_indices, evaluation_pairs
 from .losses import BendingLoss, DiffusionRegularizedNet, Registration
 from .models import inner_fcnet
 from .warping import Transform
@@ -128,6 +129,15 @@ def drift_toward(probabilities: torch.Tensor, digit: int) -> Drift:
     first_step = torch.where(later, steps, classified.shape[0]).amin(0)
     first_step = torch.where(became, first_step, torch.full_like(first_step, -1))
     return Drift(probabilities[..., digit], classified, became, first_step, became & ~classified[-1])
+
+
+def ensemble_drift(traces: list, model: torch.nn.Module, digit: int) -> Drift:
+    """`drift_toward` for the traces of several networks on the same pairs (one per seed of an
+    ensemble), judged by the classifier `model`: every field gains a leading seed axis [S, ...]."""
+    if not traces:
+        raise ValueError("traces is empty: pass one StepTrace per network")
+    drifts = [drift_toward(predict_proba(model, trace.warped), digit) for trace in traces]
+    return Drift(*(torch.stack(field) for field in zip(*drifts)))
 
 
 # --- Hunting the inner objective (chapter 05) -------------------------------------------------
@@ -365,25 +375,66 @@ def digit_transfer(
     pairs e → e of every digit e in `eval_digits` (`helpers.data.evaluation_pairs(e, e, n, seed)`,
     the same pairs for every network), and score the warped moving image after every step with
     `classify` (images [N, 1, H, W] -> probabilities [N, 10], e.g. `partial(predict_proba,
-    model)`). The networks must all take the same number of steps."""
+    model)`). The networks must all take the same number of steps. (`ensemble_transfer` does
+    the same for several seeds of each network and several judges.)"""
     if not nets:
         raise ValueError("nets is empty: pass {training digit: network}")
+    result = ensemble_transfer({digit: [net] for digit, net in nets.items()}, {"judge": classify}, eval_digits, n, seed)
+    return DigitTransfer(result.train_digits, result.eval_digits, result.similarity_ratio[0], result.folds[0],
+                         result.probability["judge"][0])
+
+
+class EnsembleTransfer(NamedTuple):
+    """`DigitTransfer` for ensembles and several judges: a leading seed axis S on every tensor.
+
+    similarity_ratio, folds: [S, T, E, B]
+    probability: {judge name: [S, T, E, K+1, B, 10]}
+    moving_index: [E, B]  which held-out image of digit e is pair b's moving image
+    """
+
+    train_digits: list
+    eval_digits: list
+    similarity_ratio: torch.Tensor
+    folds: torch.Tensor
+    probability: dict
+    moving_index: torch.Tensor
+
+    def drift(self, judge: str, digit: int) -> torch.Tensor:
+        """[S, T, E, B]: change of P(digit) under `judge` from the input to the last step, per pair."""
+        probability = self.probability[judge]
+        return probability[:, :, :, -1, :, digit] - probability[:, :, :, 0, :, digit]
+
+
+def ensemble_transfer(
+    ensembles: dict, judges: dict, eval_digits=range(10), n: int = 256, seed: int = 1234,
+) -> EnsembleTransfer:
+    """Like `digit_transfer`, for `ensembles` ({training digit: [network of each seed]}, the same
+    number of seeds for every digit) and `judges` ({name: classify function}): every network
+    registers the same pairs, and every judge scores every step of every registration."""
+    if not ensembles or not judges:
+        raise ValueError("pass at least one ensemble ({training digit: [networks]}) and one judge ({name: classify})")
+    seeds = {len(nets) for nets in ensembles.values()}
+    if len(seeds) != 1 or 0 in seeds:
+        raise ValueError(f"every ensemble needs the same, non-zero number of networks, got {sorted(seeds)}")
     eval_digits = list(eval_digits)
-    ratios, folds, probabilities = [], [], []
-    for net in nets.values():
-        for digit in eval_digits:
-            moving, fixed = evaluation_pairs(digit, digit, n, seed)
-            with torch.no_grad():
-                trace = trace_steps(net, moving, fixed)
-            ratios.append(trace.similarity[-1] / trace.similarity[0])
-            folds.append(trace.flips[-1])
-            probabilities.append(classify(trace.warped.flatten(0, 1)).reshape(*trace.warped.shape[:2], -1))
-    steps = {len(p) for p in probabilities}
+    ratios, folds, probabilities = [], [], {name: [] for name in judges}
+    for position in range(seeds.pop()):
+        for nets in ensembles.values():
+            for digit in eval_digits:
+                moving, fixed = evaluation_pairs(digit, digit, n, seed)
+                with torch.no_grad():
+                    trace = trace_steps(nets[position], moving, fixed)
+                ratios.append(trace.similarity[-1] / trace.similarity[0])
+                folds.append(trace.flips[-1])
+                for name, classify in judges.items():
+                    probabilities[name].append(classify(trace.warped.flatten(0, 1)).reshape(*trace.warped.shape[:2], -1))
+    steps = {len(p) for p in probabilities[next(iter(judges))]}
     if len(steps) != 1:
         raise ValueError(f"the networks take different numbers of steps ({sorted(s - 1 for s in steps)}); pass networks of one kind")
-    shape = (len(nets), len(eval_digits))
-    return DigitTransfer(
-        list(nets), eval_digits,
-        torch.stack(ratios).reshape(*shape, n), torch.stack(folds).reshape(*shape, n),
-        torch.stack(probabilities).reshape(*shape, steps.pop(), n, 10),
+    shape = (-1, len(ensembles), len(eval_digits))
+    moving_index = torch.stack([evaluation_indices(digit, digit, n, seed)[0] for digit in eval_digits])
+    return EnsembleTransfer(
+        list(ensembles), eval_digits, torch.stack(ratios).reshape(*shape, n), torch.stack(folds).reshape(*shape, n),
+        {name: torch.stack(values).reshape(*shape, *steps, n, 10) for name, values in probabilities.items()},
+        moving_index,
     )

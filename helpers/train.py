@@ -26,6 +26,8 @@ from .models import inner_fcnet, post_network
 CHECKPOINT_FORMAT = "helpers-registration-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINTS = Path(__file__).with_name("checkpoints")  # shipped with the package
+ENSEMBLE_SEEDS = (0, 1, 2, 3, 4)  # every shipped recipe is trained with these seeds
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 GUARD_WINDOW = 100  # steps of gradient-norm history the spike guard compares against
 LR_SCHEDULES = ("constant", "linear")
 
@@ -181,12 +183,54 @@ def train(
 
 
 def checkpoint_path(name: str) -> Path:
-    """Where the checkpoint `name` (e.g. "fives") lives: $HELPERS_CHECKPOINTS/NAME.pt when that
-    variable is set (so that a test can run the notebooks without touching the shipped files),
-    else helpers/checkpoints/NAME.pt, shipped with the package."""
-    if not name.isidentifier():
+    """Where the shipped checkpoint `name` (e.g. "fives") lives: helpers/checkpoints/NAME.pt.
+
+    These files are made by `scripts/train_checkpoints.py` and read by the chapters; nothing
+    else writes them (`save_checkpoint` refuses to). Your own networks go to `my_checkpoint_path`.
+    """
+    return CHECKPOINTS / f"{_checked_name(name)}.pt"
+
+
+def my_checkpoint_path(name: str) -> Path:
+    """Where a network you trained yourself is saved: $HELPERS_CHECKPOINTS/NAME.pt when that
+    variable is set (the tests point it at a temporary folder), else runs/checkpoints/NAME.pt
+    in the nearest folder at or above the working directory that has a `figures/` folder (the
+    repository, when run from notebooks/), else in the working directory. Never the shipped
+    folder, so retraining in a chapter cannot replace a network that later chapters load."""
+    if "HELPERS_CHECKPOINTS" in os.environ:
+        folder = Path(os.environ["HELPERS_CHECKPOINTS"])
+    else:
+        root = next((folder for folder in [Path.cwd(), *Path.cwd().parents] if (folder / "figures").is_dir()), Path.cwd())
+        folder = root / "runs" / "checkpoints"
+    return folder / f"{_checked_name(name)}.pt"
+
+
+def _checked_name(name: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"checkpoint names are plain words like 'fives', got {name!r}")
-    return Path(os.environ.get("HELPERS_CHECKPOINTS", CHECKPOINTS)) / f"{name}.pt"
+    return name
+
+
+def member_name(base: str, seed: int) -> str:
+    """The shipped checkpoint of `base` trained with `seed`: 'fives' for seed 0 (the network the
+    chapters show), 'fives_seed_3' for seed 3."""
+    _checked_name(base)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    return base if seed == 0 else f"{base}_seed_{seed}"
+
+
+def load_ensemble(base: str, seeds=ENSEMBLE_SEEDS) -> list["TrainResult"]:
+    """The shipped networks of `base` (e.g. "fives") for every seed in `seeds`: the same recipe,
+    trained independently (different initial weights and pairs). Their configs must agree in
+    everything but the seed."""
+    members = [load_checkpoint(checkpoint_path(member_name(base, seed))) for seed in seeds]
+    recipes = {dataclasses.replace(member.config, seed=0) for member in members}
+    if len(recipes) != 1:
+        raise CheckpointError(f"the checkpoints of {base!r} were trained with different recipes: {sorted(map(str, recipes))}")
+    if [member.config.seed for member in members] != list(seeds):
+        raise CheckpointError(f"the checkpoints of {base!r} carry seeds {[m.config.seed for m in members]}, expected {list(seeds)}")
+    return members
 
 
 def is_spike(grad_norm: float, recent: torch.Tensor, factor: float) -> bool:
@@ -195,16 +239,35 @@ def is_spike(grad_norm: float, recent: torch.Tensor, factor: float) -> bool:
     return len(recent) >= 20 and grad_norm > factor * float(recent.median())
 
 
-def save_checkpoint(path: str | os.PathLike, result: TrainResult) -> None:
-    """Write the inner network's weights with the config and history that produced them."""
+def save_checkpoint(path: str | os.PathLike, result: TrainResult, *, weights: str = "float32", shipped: bool = False) -> None:
+    """Write the inner network's weights with the config and history that produced them.
+
+    `weights="float16"` stores them rounded to half precision (half the size; the seed
+    ensembles ship that way, and loading gives the rounded network back in float32).
+    Writing into the shipped folder (helpers/checkpoints/) is refused unless `shipped=True`,
+    which only `scripts/train_checkpoints.py` passes: save your own networks under
+    `my_checkpoint_path(name)`.
+    """
+    if weights not in WEIGHT_DTYPES:
+        raise ValueError(f"weights must be one of {sorted(WEIGHT_DTYPES)}, got {weights!r}")
+    path = Path(path)
+    if not shipped and path.resolve().parent == CHECKPOINTS.resolve():
+        raise ValueError(
+            f"{path} is a shipped checkpoint, which later chapters load; save your own network "
+            f"under my_checkpoint_path({path.stem!r}) (or another name) instead"
+        )
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "config": dataclasses.asdict(result.config),
-        "fcnet": {name: tensor.detach().cpu() for name, tensor in inner_fcnet(result.net).state_dict().items()},
+        "weights": weights,
+        "fcnet": {
+            name: tensor.detach().cpu().to(WEIGHT_DTYPES[weights])
+            for name, tensor in inner_fcnet(result.net).state_dict().items()
+        },
         "history": {name: values.cpu() for name, values in result.history.items()},
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
 
 
@@ -232,9 +295,14 @@ def load_checkpoint(path: str | os.PathLike) -> TrainResult:
         config = TrainConfig(**payload["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has an invalid config: {error}") from error
+    stored = payload.get("weights", "float32")
+    if stored not in WEIGHT_DTYPES or any(
+        not isinstance(tensor, torch.Tensor) or tensor.dtype != WEIGHT_DTYPES[stored] for tensor in payload.get("fcnet", {}).values()
+    ):
+        raise CheckpointError(f"{path}: its weights are not all {stored!r} tensors, as the file says")
     net = build_network(config)
     try:
-        inner_fcnet(net).load_state_dict(payload["fcnet"])
+        inner_fcnet(net).load_state_dict(payload["fcnet"])  # copies into the float32 parameters
     except (KeyError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit the network its config describes: {error}") from error
     net.eval()

@@ -29,7 +29,6 @@ from playwright.sync_api import expect, sync_playwright
 
 import nbformat
 
-from helpers.train import CHECKPOINTS
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +165,6 @@ class JupyterLab:
     def __init__(self, folder: Path, notebooks: list[str]):
         for name in notebooks:
             write_without_outputs(ROOT / "notebooks" / name, folder / name)
-        shutil.copytree(CHECKPOINTS, folder / "checkpoints")
         environment = {
             **os.environ,
             "JUPYTER_CONFIG_PATH": str(ROOT / "jupyter_config"),

@@ -26,3 +26,27 @@ def test_probabilities_keep_leading_axes():
     assert probabilities.shape == (3, 4, 10)
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(3, 4))
     torch.testing.assert_close(probabilities[1, 2], predict_proba(model, images[1, 2:3])[0])
+
+
+def test_the_second_judge_is_another_architecture_and_the_thread_count_does_not_matter():
+    from helpers.classifier import JUDGES, DigitMLP
+
+    assert {settings["architecture"] for settings in JUDGES.values()} == {"cnn", "mlp"}
+    threads = torch.get_num_threads()
+    one = train_classifier(epochs=1, seed=2, architecture="mlp")
+    torch.set_num_threads(2)
+    try:
+        two = train_classifier(epochs=1, seed=2, architecture="mlp")
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(one.model, DigitMLP) and torch.get_num_threads() == threads
+    for a, b in zip(one.model.parameters(), two.model.parameters()):
+        assert torch.equal(a, b)
+    assert one.heldout_accuracy > 0.5
+
+
+def test_an_unknown_architecture_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        train_classifier(architecture="transformer")

@@ -35,11 +35,11 @@ def loss_and_gradients(net, moving, fixed, through_fused):
     return loss, [p.grad.clone() for p in net.parameters()]
 
 
-def assert_same_loss_and_gradients(net, moving, fixed, gradient_tolerance):
+def assert_same_loss_and_gradients(net, moving, fixed, gradient_tolerance, loss_tolerance=1e-5):
     modules, expected = loss_and_gradients(net, moving, fixed, through_fused=False)
     loss, gradients = loss_and_gradients(net, moving, fixed, through_fused=True)
     for field in loss._fields:
-        torch.testing.assert_close(getattr(loss, field), getattr(modules, field), rtol=1e-5, atol=1e-7, msg=field)
+        torch.testing.assert_close(getattr(loss, field), getattr(modules, field), rtol=loss_tolerance, atol=1e-7, msg=field)
     for (name, _), actual, wanted in zip(net.named_parameters(), gradients, expected):
         scale = wanted.abs().max()
         assert scale > 0, name
@@ -53,8 +53,11 @@ def test_trained_network_batch_of_128(fives):
     # jumps: rounding differences in the forward pass (the first layer's two halves are
     # summed separately) move a few points across, so gradients agree less tightly than
     # losses. Either path is about that far from float64 (the note in helpers/fused.py).
+    # The losses are means of 128 × 784 float32 terms summed in another order: their rounding
+    # differs by up to about sqrt(10⁵) × 6e-8 ≈ 2e-5 relative (1e-7 seen here, 3.3e-5 on an
+    # Intel machine with a checkpoint retrained there), hence 1e-4 rather than 1e-5.
     net = fives.train()
-    assert_same_loss_and_gradients(net, *pairs(128), gradient_tolerance=5e-3)
+    assert_same_loss_and_gradients(net, *pairs(128), gradient_tolerance=5e-3, loss_tolerance=1e-4)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])

@@ -10,8 +10,8 @@ from helpers.data import load_digits
 from helpers.losses import BendingLoss
 from helpers.models import inner_fcnet
 from helpers.train import (
-    CHECKPOINTS, CheckpointError, TrainConfig, TrainingDiverged, checkpoint_path, is_spike, load_checkpoint,
-    save_checkpoint, train,
+    CHECKPOINTS, ENSEMBLE_SEEDS, CheckpointError, TrainConfig, TrainingDiverged, checkpoint_path, is_spike, load_checkpoint,
+    load_ensemble, member_name, my_checkpoint_path, save_checkpoint, train,
 )
 
 SMALL = TrainConfig(steps=4, batch_size=8, seed=3)
@@ -160,13 +160,60 @@ def test_checkpoint_round_trip(small_run, tmp_path, fives):
         assert torch.equal(small_run.net(moving, fixed).all_loss, loaded.net(moving, fixed).all_loss)
 
 
-def test_checkpoint_path_is_the_shipped_folder_unless_redirected(tmp_path, monkeypatch):
-    monkeypatch.delenv("HELPERS_CHECKPOINTS", raising=False)
+def test_shipped_checkpoints_are_read_from_the_package_and_never_overwritten(small_run, monkeypatch):
+    monkeypatch.setenv("HELPERS_CHECKPOINTS", "/somewhere/else")
     assert checkpoint_path("fives") == CHECKPOINTS / "fives.pt" and checkpoint_path("fives").is_file()
-    monkeypatch.setenv("HELPERS_CHECKPOINTS", str(tmp_path))
-    assert checkpoint_path("fives") == tmp_path / "fives.pt"
+    before = checkpoint_path("fives").read_bytes()
+    with pytest.raises(ValueError, match=r"shipped checkpoint.*my_checkpoint_path\('fives'\)"):
+        save_checkpoint(checkpoint_path("fives"), small_run)
+    with pytest.raises(ValueError, match="shipped checkpoint"):
+        save_checkpoint(CHECKPOINTS / "a_new_name.pt", small_run)
+    assert checkpoint_path("fives").read_bytes() == before and not (CHECKPOINTS / "a_new_name.pt").exists()
     with pytest.raises(ValueError, match="plain words"):
         checkpoint_path("../fives")
+
+
+def test_your_own_checkpoints_go_elsewhere(small_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("HELPERS_CHECKPOINTS", str(tmp_path))
+    assert my_checkpoint_path("fives") == tmp_path / "fives.pt"
+    save_checkpoint(my_checkpoint_path("fives"), small_run)
+    assert load_checkpoint(tmp_path / "fives.pt").config == small_run.config
+    monkeypatch.delenv("HELPERS_CHECKPOINTS")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert my_checkpoint_path("mine") == tmp_path / "runs" / "checkpoints" / "mine.pt"
+    with pytest.raises(ValueError, match="plain words"):
+        my_checkpoint_path("../../etc")
+
+
+def test_half_precision_checkpoints(small_run, tmp_path):
+    path = tmp_path / "half.pt"
+    save_checkpoint(path, small_run, weights="float16")
+    loaded = load_checkpoint(path)
+    for name, tensor in weights(small_run).items():
+        assert weights(loaded)[name].dtype == torch.float32
+        assert torch.equal(weights(loaded)[name], tensor.half().float()), name
+    full = tmp_path / "full.pt"
+    save_checkpoint(full, small_run)
+    assert path.stat().st_size < 0.6 * full.stat().st_size
+    with pytest.raises(ValueError, match="weights must be one of"):
+        save_checkpoint(path, small_run, weights="int8")
+    rewrite(path, weights="float32")  # the file's word and its tensors disagree
+    with pytest.raises(CheckpointError, match="not all 'float32' tensors"):
+        load_checkpoint(path)
+
+
+def test_member_names_and_ensembles():
+    assert member_name("fives", 0) == "fives" and member_name("fives", 3) == "fives_seed_3"
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        member_name("fives", -1)
+    ensemble = load_ensemble("fives")
+    assert [member.config.seed for member in ensemble] == list(ENSEMBLE_SEEDS)
+    assert len({dataclasses.replace(member.config, seed=0) for member in ensemble}) == 1
+    first = [weights(member)["dense3.bias"] for member in ensemble]
+    assert all(not torch.equal(first[0], other) for other in first[1:]), "the seeds trained different networks"
 
 
 def test_corrupt_checkpoint(small_run, tmp_path):

@@ -246,8 +246,20 @@ def evaluation_pairs(
 
     Moving images are digits ``moving_digit``, fixed images ``fixed_digit``; indices are
     uniform with replacement from a generator seeded with ``seed``, except that a pair never
-    uses the same image twice. The same arguments always give the same pairs.
+    uses the same image twice. The same arguments always give the same pairs. The pairs
+    reuse images (256 pairs of a 100-image split hold about 92 distinct moving images):
+    ``evaluation_indices`` says which.
     """
+    moving_index, fixed_index = evaluation_indices(moving_digit, fixed_digit, n, seed, split)
+    return load_digits(moving_digit, split)[moving_index], load_digits(fixed_digit, split)[fixed_index]
+
+
+def evaluation_indices(
+    moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices [n] into ``load_digits(moving_digit, split)`` and ``load_digits(fixed_digit,
+    split)`` of ``evaluation_pairs(moving_digit, fixed_digit, n, seed, split)``: which distinct
+    images lie behind the pairs (what a bootstrap over images resamples)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     moving_pool, fixed_pool = load_digits(moving_digit, split), load_digits(fixed_digit, split)
@@ -256,4 +268,4 @@ def evaluation_pairs(
     fixed_index = torch.randint(len(fixed_pool) - (moving_digit == fixed_digit), (n,), generator=generator)
     if moving_digit == fixed_digit:  # skip the moving image itself: shift indices at or above it
         fixed_index = fixed_index + (fixed_index >= moving_index).long()
-    return moving_pool[moving_index], fixed_pool[fixed_index]
+    return moving_index, fixed_index
