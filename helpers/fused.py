@@ -23,20 +23,51 @@ float32 gradients differ from float64 ones by at most about 1e-3 of their larges
 
     loss = training_loss(net, moving, fixed)    # what net(moving, fixed) returns, faster
 
-It serves float32 tensors on the CPU with the compiled sampler; anywhere else, or for any
-other network, `training_loss` is simply `net(moving, fixed)`.
+It serves float32 tensors on the CPU with the compiled sampler, and only the network it was
+written from: `why_not(net, moving, fixed)` says why the fused node does not serve a network
+(another structure; a class or function it replaces that has been edited or subclassed; hooks
+that it would skip). Anywhere else `training_loss` is simply `net(moving, fixed)`. Before
+training on it, `helpers.train` also compares it with the modules on the first batch
+(`cross_check`).
 """
 
 import ctypes
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.autograd.function import once_differentiable
 
-from . import sampler
-from .losses import SSD, BendingLoss, DiffusionRegularizedNet, pair_losses
+from . import losses, registration, sampler, warping
+from .losses import SSD, BendingLoss, DiffusionRegularizedNet
 from .models import FCNet
 from .registration import FunctionFromVectorField, TwoStepRegistration, check_finite
 from .sampler import _address
+
+# What net(moving, fixed) runs for the post's network and the fused node stands in for: the
+# node may run only while each of these is still the function it was written from (a reader
+# who edits FCNet.forward, say to tanh, must train the edit). The loss functions themselves
+# (losses.pair_losses) are called by both paths, so an edit there reaches both.
+_REPLACED = {
+    (owner, name): getattr(owner, name)
+    for owner, names in [
+        (FCNet, ("forward",)),
+        (nn.Linear, ("forward",)),
+        (FunctionFromVectorField, ("forward", "steps")),
+        (TwoStepRegistration, ("forward", "steps")),
+        (DiffusionRegularizedNet, ("forward", "register", "evaluate", "check_pair")),
+        (SSD, ("__call__", "per_pair")),
+        (warping, ("interpolate", "as_function", "compose", "displacement_transform")),
+        (warping.DisplacementChain, ("__call__",)),
+        (registration, ("as_function", "compose", "displacement_transform")),
+        (F, ("relu", "linear")),
+    ]
+    for name in names
+}
+# Hooks a module can carry (nn.Module keeps them in these dicts; there is no public way to
+# list them). The fused node calls no module, so none of them would fire.
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
 
 
 def world_of(net) -> tuple[FCNet, int] | None:
@@ -59,39 +90,113 @@ def world_of(net) -> tuple[FCNet, int] | None:
     return inner.net, len(leaves)
 
 
+def edited(net) -> str | None:
+    """Why the fused node would not compute what `net(moving, fixed)` computes, in a few words,
+    or None when it would: `net` is the post's configuration (`world_of`) built from the
+    classes and functions the node was written from (none replaced, on its class or on one
+    module), with plain `nn.Linear` layers, and no module carries a hook (which the node
+    would skip)."""
+    if world_of(net) is None:
+        return "the network is not the post's configuration (one FCNet acting in composition, SSD and diffusion)"
+    for (owner, name), original in _REPLACED.items():
+        if getattr(owner, name) is not original:
+            return f"{getattr(owner, '__name__', owner)}.{name} is not the function helpers.fused was written from"
+    fcnet = world_of(net)[0]
+    layers = [getattr(fcnet, name, None) for name in ("dense1", "dense2", "dense3")]
+    if any(type(layer) is not nn.Linear or layer.bias is None for layer in layers):
+        return "FCNet's dense1, dense2, dense3 are not plain nn.Linear layers with biases"
+    for module in net.modules():
+        replaced = {"forward", "steps", "register", "evaluate", "check_pair"} & set(vars(module))
+        if replaced:
+            return f"{type(module).__name__}.{replaced.pop()} is replaced on the module itself"
+        if any(getattr(module, hooks, None) for hooks in _HOOKS):
+            return f"hooks are registered on a {type(module).__name__} (they fire only through the modules)"
+    if any(getattr(nn.modules.module, hooks, None) for hooks in _GLOBAL_HOOKS):
+        return "global module hooks are registered (they fire only through the modules)"
+    return None
+
+
+def why_not(net, moving: torch.Tensor, fixed: torch.Tensor) -> str | None:
+    """Why `training_loss` would not take the fused path for this network and these images, or
+    None when it takes it."""
+    reason = edited(net)
+    if reason is not None:
+        return reason
+    tensors = [moving, fixed, *net.parameters()]
+    if not torch.is_grad_enabled():  # without gradients to compute, the modules are as fast
+        return "gradients are off"
+    if moving.requires_grad or fixed.requires_grad:
+        return "the images require gradients"
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return "the fused node serves float32 CPU tensors only"
+    if sampler.active(*tensors) != "compiled":
+        return "the compiled sampler is not in use"
+    return None
+
+
 def applies(net, moving: torch.Tensor, fixed: torch.Tensor) -> bool:
     """Whether `training_loss` takes the fused path for this network and these images."""
-    return world_of(net) is not None and _serves(net, moving, fixed)
+    return why_not(net, moving, fixed) is None
 
 
-def _serves(net, moving, fixed) -> bool:
-    """The conditions of `applies` beyond the network's structure."""
-    tensors = [moving, fixed, *net.parameters()]
-    return (
-        torch.is_grad_enabled()  # without gradients to compute, the modules are as fast
-        and sampler.active(*tensors) == "compiled"
-        and not moving.requires_grad
-        and not fixed.requires_grad
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-    )
+# How closely the fused node must agree with the modules on a batch (`cross_check`): each
+# loss field to this relative tolerance, and each parameter's gradient to this fraction of
+# its largest element (on trained networks the two paths' float32 gradients differ by up to
+# about 1e-3 of it, see the module's docstring; an edited network differs by far more).
+LOSS_RTOL = 1e-5
+GRADIENT_TOLERANCE = 5e-3
+
+
+def cross_check(net, moving: torch.Tensor, fixed: torch.Tensor) -> str | None:
+    """Compare the fused node's loss and parameter gradients with the modules', `net(moving,
+    fixed)`, on one batch: None when they agree (LOSS_RTOL, GRADIENT_TOLERANCE), else what
+    differs. Needs `applies(net, moving, fixed)`; leaves the parameters' .grad alone."""
+    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    expected, expected_gradients = _loss_and_gradients(net(moving, fixed), named)
+    actual, actual_gradients = _loss_and_gradients(_fused_loss(net, moving, fixed), named)
+    for field in BendingLoss._fields:
+        if field == "flips":  # a count, not differentiated: rounding may move one cell across zero
+            continue
+        wanted, got = getattr(expected, field).detach(), getattr(actual, field).detach()
+        if not torch.isclose(got, wanted, rtol=LOSS_RTOL, atol=1e-7):
+            return f"{field} is {got.item():.6g} through the fused node, {wanted.item():.6g} through the modules"
+    for (name, _), wanted, got in zip(named, expected_gradients, actual_gradients):
+        difference, scale = (got - wanted).abs().max().item(), wanted.abs().max().item()
+        if not difference <= GRADIENT_TOLERANCE * scale:
+            return f"the gradient of {name} differs by {difference:.3g} (its largest element: {scale:.3g})"
+    return None
+
+
+def _loss_and_gradients(loss: BendingLoss, named):
+    """The loss and d all_loss / d each parameter (zeros where it does not depend on one)."""
+    parameters = [p for _, p in named]
+    if loss.all_loss.requires_grad:
+        gradients = torch.autograd.grad(loss.all_loss, parameters, allow_unused=True)
+    else:
+        gradients = [None] * len(parameters)
+    return loss, [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, gradients)]
 
 
 def training_loss(net, moving: torch.Tensor, fixed: torch.Tensor) -> BendingLoss:
     """`net(moving, fixed)`: the `BendingLoss` of batch means, through the fused path when it
-    applies (see `applies`). Unlike `net(...)`, the fused path keeps no last result
+    applies (see `why_not`). Unlike `net(...)`, the fused path keeps no last result
     (`net.phi_AB` and friends); use `net.register` for those."""
-    world = world_of(net)
-    if world is None or not _serves(net, moving, fixed):
+    if why_not(net, moving, fixed) is not None:
         return net(moving, fixed)
+    return _fused_loss(net, moving, fixed)
+
+
+def _fused_loss(net, moving, fixed) -> BendingLoss:
+    """The fused node's `BendingLoss` (the caller has checked that it applies)."""
     net.check_pair(moving, fixed)
-    fcnet, steps = world
+    fcnet, steps = world_of(net)
     phi_grid, warped = _World.apply(
         moving, fixed, net.identity_map, steps,
         fcnet.dense1.weight, fcnet.dense1.bias, fcnet.dense2.weight, fcnet.dense2.bias,
         fcnet.dense3.weight, fcnet.dense3.bias,
     )  # fmt: skip
-    losses = pair_losses(phi_grid, net.identity_map, warped, fixed, net.similarity, net.lmbda)
-    return BendingLoss(*(field.mean() for field in losses))
+    per_pair = losses.pair_losses(phi_grid, net.identity_map, warped, fixed, net.similarity, net.lmbda)
+    return BendingLoss(*(field.mean() for field in per_pair))
 
 
 def _backwards(tensor: torch.Tensor, last: int):

@@ -138,5 +138,6 @@ def test_train_takes_the_fused_path(monkeypatch):
 
     monkeypatch.setattr(fused._World, "forward", staticmethod(counted))
     result = train(TrainConfig(steps=3, batch_size=8), progress=False, device="cpu")
-    assert len(calls) == 3
+    assert len(calls) == 1 + 3  # the check against the modules on the first batch, then each step
+    assert result.path == "fused"
     assert torch.isfinite(result.history["all_loss"]).all()
