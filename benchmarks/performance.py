@@ -443,8 +443,7 @@ def main() -> int:
             "rarely touch the previous point's), a cell's two top or bottom corners of both channels "
             "as one 16-byte addition. In the fused step each field's gradient from all the chains that "
             "read it is added straight into one buffer; through the modules (the second row of the "
-            "table above) each chain's share is first computed separately and then added, so that the "
-            "sums round exactly as autograd's would. Bandwidth is not the bound (a 28 × 28 field is "
+            "table above) each chain returns its share and autograd adds them up. Bandwidth is not the bound (a 28 × 28 field is "
             "6 KB per image).",
             "",
             "The operations with the most self CPU time under the torch profiler (which inflates "

@@ -36,13 +36,12 @@ import ctypes
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from . import losses, registration, sampler, warping
 from .losses import SSD, BendingLoss, DiffusionRegularizedNet
 from .models import FCNet
 from .registration import FunctionFromVectorField, TwoStepRegistration, check_finite
-from .sampler import _address
+from .sampler import _address, first_order_only
 
 # What net(moving, fixed) runs for the post's network and the fused node stands in for: the
 # node may run only while each of these is still the function it was written from (a reader
@@ -190,8 +189,8 @@ def _fused_loss(net, moving, fixed) -> BendingLoss:
     """The fused node's `BendingLoss` (the caller has checked that it applies)."""
     net.check_pair(moving, fixed)
     fcnet, steps = world_of(net)
-    phi_grid, warped = _World.apply(
-        moving, fixed, net.identity_map, steps,
+    phi_grid, warped = sampler.apply(
+        _World, moving, fixed, net.identity_map, steps,
         fcnet.dense1.weight, fcnet.dense1.bias, fcnet.dense2.weight, fcnet.dense2.bias,
         fcnet.dense3.weight, fcnet.dense3.bias,
     )  # fmt: skip
@@ -207,8 +206,9 @@ def _backwards(tensor: torch.Tensor, last: int):
 
 
 def _through_relu(grad: torch.Tensor, output: torch.Tensor) -> None:
-    """grad (of a ReLU's output) becomes the gradient of its input, in place: 0 where output is 0."""
-    torch.ops.aten.threshold_backward.grad_input(grad, output, 0.0, grad_input=grad)
+    """grad (of a ReLU's output) becomes the gradient of its input, in place: 0 where output is 0
+    (as autograd's ReLU backward, threshold_backward, writes it)."""
+    grad.masked_fill_(output <= 0, 0.0)
 
 
 class _World(torch.autograd.Function):
@@ -256,7 +256,7 @@ class _World(torch.autograd.Function):
         return P[-1].reshape(batch, 2, height, width), warped
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_phi, grad_warped):
         kernel, threads = sampler.compiled_kernel(), torch.get_num_threads()
         fixed, w1, w2, w3_packed = ctx.saved_tensors
@@ -290,7 +290,7 @@ class _World(torch.autograd.Function):
             kernel.chain_backward(
                 _backwards(D, k), k + 1, batch, height, width, _address(visited[k]), n, 1,
                 _address(grad_points), _backwards(G, k), (ctypes.c_int32 * (k + 1))(*[int(not first)] * (k + 1)),
-                None, threads,
+                threads,
             )  # fmt: skip
             _through_relu(torch.mm(G[k], w3_packed, out=GA2[k]), H2[k])
             _through_relu(torch.mm(GA2[k], w2, out=GA1[k]), H1[k])

@@ -24,10 +24,12 @@ HELPERS_SAMPLER=reference to use grid_sample everywhere, or `with using("referen
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -36,7 +38,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .coordinates import identity_map
 
@@ -80,14 +81,50 @@ _library = None  # the loaded kernel, once built
 _unavailable = None  # why it could not be built, once that has been tried
 
 
+CACHE_NAME = "mesa-registration-helpers"
+_temporary_folder = None  # where this process builds the kernel when the cache folder is refused
+
+
 def _cache_folder() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    folder = Path(base) / "mesa-registration-helpers"
+    """A folder only this user can write to, for the built kernel: $XDG_CACHE_HOME/NAME or
+    ~/.cache/NAME, created with mode 0700. A shared library there is loaded into the process,
+    so a folder that is someone else's, writable by others, or a symbolic link is refused; so
+    is one that cannot be made. Then (warning once) a fresh private temporary folder serves
+    this process, and the kernel is built again in the next."""
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / CACHE_NAME
+    problem = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        problem = _not_private(folder)
+    except OSError as error:
+        problem = str(error)
+    if problem is None:
         return folder
-    except OSError:
-        return Path(tempfile.gettempdir())
+    global _temporary_folder
+    if _temporary_folder is None:
+        _temporary_folder = Path(tempfile.mkdtemp(prefix="helpers-kernel-"))  # mode 0700, unpredictable name
+        warnings.warn(f"helpers: not caching the compiled sampler in {folder} ({problem}); using {_temporary_folder} for this process", RuntimeWarning, stacklevel=2)
+    return _temporary_folder
+
+
+
+def _not_private(folder: Path) -> str | None:
+    """Why `folder` is not this user's private folder, or None (it is; group and others lose
+    any access they had)."""
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        return "it is not a directory (a symbolic link?)"
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return "it belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "others can write to it"
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return None
 
 
 def _processor() -> str:
@@ -100,40 +137,60 @@ def _processor() -> str:
         return f"{platform.machine()} {platform.system()} {platform.processor()}"
 
 
+FLAGS = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]  # no fused multiply-adds: grid_sample's roundings
+# Tried in turn: tuned for this processor with OpenMP, then without tuning, then one thread.
+VARIANTS = (["-march=native", "-fopenmp"], ["-fopenmp"], [])
+
+
 def build(extra_flags: Sequence[str] = ()) -> ctypes.CDLL:
     """Compile _bilinear.c (once per source, flags, compiler and machine) and load it.
 
+    Each variant in VARIANTS is tried until one builds and loads. A failed build leaves a
+    marker beside where the library would be (`.failed`, with the compiler's message), so
+    that later processes skip that variant at once; delete the cache folder to retry them.
     `extra_flags` are added to the compiler's command line (tests use them to build the
     kernel's portable variant)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         raise RuntimeError("no C compiler found (tried $CC, cc, gcc, clang)")
-    source = SOURCE.read_bytes()
-    flags = ["-O3", "-fPIC", "-shared", "-ffp-contract=off"]
+    source, folder = SOURCE.read_bytes(), _cache_folder()
     errors = []
-    # Tuned for this processor when the compiler can; without OpenMP it runs on one thread.
-    for extra in (["-march=native", "-fopenmp"], ["-fopenmp"], []):
-        command = [compiler, *flags, *extra, *extra_flags]
-        key = hashlib.sha256(source + " ".join(command + [_processor()]).encode())
-        library = _cache_folder() / f"bilinear-{key.hexdigest()[:16]}.so"
+    for variant in VARIANTS:
+        command = [compiler, *FLAGS, *variant, *extra_flags]
+        key = hashlib.sha256(source + " ".join(command + [_processor()]).encode()).hexdigest()[:16]
+        library, failed = folder / f"bilinear-{key}.so", folder / f"bilinear-{key}.failed"
+        if failed.exists():
+            errors.append(f"{' '.join(command)}: failed before (see {failed})")
+            continue
         if not library.exists():
             partial = library.with_suffix(f".{os.getpid()}.tmp")
-            result = subprocess.run(
-                [*command, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True
-            )
+            try:
+                result = subprocess.run([*command, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True)
+            except OSError as error:  # $CC is not a program that runs
+                result = subprocess.CompletedProcess(command, 1, "", str(error))
             if result.returncode != 0:
-                errors.append(f"{' '.join(command)}: {result.stderr.strip()[-500:]}")
+                message = f"{' '.join(command)}: {result.stderr.strip()[-500:]}"
+                failed.write_text(message + "\n")
+                errors.append(message)
+                partial.unlink(missing_ok=True)
                 continue
             os.replace(partial, library)  # atomic: concurrent builds cannot see half a file
-        kernel = ctypes.CDLL(str(library))
-        pointer, size, count = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        kernel.sample_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, count]
-        kernel.sample_backward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, pointer, pointer, count]
-        kernel.chain_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, count, pointer, pointer, count]
-        kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, pointer, pointer, count]
-        kernel.pack_fields.argtypes = kernel.unpack_fields.argtypes = [pointer, size, size, pointer, count]
-        return kernel
+        try:
+            return _declared(ctypes.CDLL(str(library)))
+        except OSError as error:  # built, but e.g. its OpenMP runtime cannot be found
+            errors.append(f"{library}: {error}")
     raise RuntimeError("compiling helpers/_bilinear.c failed:\n" + "\n".join(errors))
+
+
+def _declared(kernel: ctypes.CDLL) -> ctypes.CDLL:
+    """The kernel with its functions' argument types declared (see _bilinear.c)."""
+    pointer, size, count = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    kernel.sample_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, count]
+    kernel.sample_backward.argtypes = [pointer, size, size, size, size, pointer, size, size, pointer, pointer, pointer, count]
+    kernel.chain_forward.argtypes = [pointer, size, size, size, size, pointer, size, size, count, pointer, pointer, count]
+    kernel.chain_backward.argtypes = [pointer, size, size, size, size, pointer, size, count, pointer, pointer, pointer, count]
+    kernel.pack_fields.argtypes = kernel.unpack_fields.argtypes = [pointer, size, size, pointer, count]
+    return kernel
 
 
 def compiled_kernel():
@@ -185,6 +242,38 @@ def _is_pixel_grid(coordinates: torch.Tensor, height: int, width: int) -> bool:
     return torch.equal(coordinates, _pixel_grids[height, width])
 
 
+FIRST_ORDER_ONLY = (
+    "helpers' compiled sampler computes first derivatives only, so create_graph=True and torch.func "
+    "transforms need grid_sample: set HELPERS_SAMPLER=reference, or run the code inside "
+    "`with helpers.sampler.using(\"reference\"):`"
+)
+
+
+def first_order_only(backward):
+    """A hand-written backward pass, which has no backward pass of its own: autograd runs it
+    with gradients on only under create_graph=True, and it then raises FIRST_ORDER_ONLY
+    (rather than return gradients that a second differentiation would fail on obscurely)."""
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(FIRST_ORDER_ONLY)
+        return backward(ctx, *grads)
+
+    return checked
+
+
+def apply(function: type[torch.autograd.Function], *inputs):
+    """function.apply(*inputs), with FIRST_ORDER_ONLY as the error under torch.func transforms
+    (which take only autograd.Functions written for them, with a setup_context method)."""
+    try:
+        return function.apply(*inputs)
+    except RuntimeError as error:
+        if "setup_context" in str(error):  # torch's message for an old-style Function under torch.func
+            raise RuntimeError(FIRST_ORDER_ONLY) from error
+        raise
+
+
 class _CompiledSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, coordinates):
@@ -201,7 +290,7 @@ class _CompiledSample(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):
         values, points = ctx.saved_tensors
         batch, channels, height, width = values.shape
@@ -223,13 +312,11 @@ class _CompiledSample(torch.autograd.Function):
 
 
 class _CompiledChain(torch.autograd.Function):
-    """The chain through fields given channels-last, [B, H, W, 2] (see `Field`).
-
-    `sums` holds, per field, the `GradientSum` that its gradient is added to inside the
-    kernel (the field's gradient then returned here is None), or None to return it."""
+    """The chain through fields given channels-last, [B, H, W, 2] (see `Field`). Each field's
+    gradient is returned to autograd, which adds up those of a field read by several chains."""
 
     @staticmethod
-    def forward(ctx, coordinates, sums, *fields):
+    def forward(ctx, coordinates, *fields):
         fields = [field.detach().contiguous() for field in fields]
         batch, height, width, _ = fields[0].shape
         points, stride = _points(coordinates, batch)
@@ -243,32 +330,21 @@ class _CompiledChain(torch.autograd.Function):
             torch.get_num_threads(),
         )
         ctx.save_for_backward(visited, *fields)
-        ctx.on_grid, ctx.sums = on_grid, sums
-        ctx.coordinate_shape = coordinates.shape
+        ctx.on_grid, ctx.coordinate_shape = on_grid, coordinates.shape
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out):
         visited, *fields = ctx.saved_tensors
         batch, height, width, _ = fields[0].shape
         # The kernel turns this copy of the output gradient into the coordinates' gradient.
         grad_points = grad_out.reshape(batch, 2, -1).contiguous().clone()
-        targets, accumulate, grad_fields = [None] * len(fields), [0] * len(fields), [None] * len(fields)
-        # The kernel walks the fields last to first: the first write to a sum comes first.
-        for k in reversed(range(len(fields))):
-            gradient_sum = ctx.sums[k] if ctx.needs_input_grad[2 + k] else None
-            if gradient_sum is None:
-                targets[k] = torch.empty_like(fields[k])
-                grad_fields[k] = targets[k] if ctx.needs_input_grad[2 + k] else None
-            else:
-                targets[k], accumulate[k] = gradient_sum.target(fields[k])
-        scratch = torch.empty_like(fields[0]) if any(accumulate) else None
+        grad_fields = [torch.empty_like(field) for field in fields]  # each overwritten by the kernel
         compiled_kernel().chain_backward(
             _addresses(fields), len(fields), batch, height, width, _address(visited),
-            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(targets),
-            (ctypes.c_int32 * len(fields))(*accumulate), _address(scratch) if scratch is not None else None,
-            torch.get_num_threads(),
+            visited.shape[3], ctx.on_grid, _address(grad_points), _addresses(grad_fields),
+            (ctypes.c_int32 * len(fields))(), torch.get_num_threads(),
         )
         if not ctx.needs_input_grad[0]:
             grad_points = None
@@ -276,47 +352,7 @@ class _CompiledChain(torch.autograd.Function):
             grad_points = grad_points.sum(0, keepdim=True).reshape(ctx.coordinate_shape)
         else:
             grad_points = grad_points.reshape(ctx.coordinate_shape)
-        return (grad_points, None, *grad_fields)
-
-
-# Which backward pass is running (a private PyTorch function; without it autograd sums).
-_graph_task = getattr(torch._C, "_current_graph_task_id", None)
-
-
-class GradientSum:
-    """The gradient of one field's channels-last copy, summed over the chains that read it.
-
-    In the post's world step k's field is read by the chains of steps k to 9. Autograd would
-    take a gradient tensor from each chain's backward pass and add them up, one addition at
-    a time in the order those passes run; here each chain's pass adds its share into this one
-    buffer inside the kernel instead, in the same order and with the same roundings, and the
-    copy's backward pass (`_Pack`, which autograd runs after every chain that read it) takes
-    the total. A sum belongs to one backward pass (autograd's graph task): what another pass
-    left behind is discarded."""
-
-    __slots__ = ("task", "total")
-
-    def __init__(self):
-        self.task, self.total = None, None
-
-    def _current(self):
-        task = _graph_task()
-        if task != self.task:
-            self.task, self.total = task, None
-
-    def target(self, like: torch.Tensor):
-        """The buffer a chain's backward pass adds to, and 1 (add) or 0 (the first: write)."""
-        self._current()
-        if self.total is None:
-            self.total = torch.empty_like(like)
-            return self.total, 0
-        return self.total, 1
-
-    def take(self):
-        """The sum so far in this backward pass (None if nothing was added), then forget it."""
-        self._current()
-        total, self.total = self.total, None
-        return total
+        return (grad_points, *(g if needed else None for g, needed in zip(grad_fields, ctx.needs_input_grad[1:])))
 
 
 def _pack(values: torch.Tensor, packed_like: bool) -> torch.Tensor:
@@ -335,21 +371,16 @@ def _pack(values: torch.Tensor, packed_like: bool) -> torch.Tensor:
 
 
 class _Pack(torch.autograd.Function):
-    """A field's channels-last copy; its gradient is what the chains summed (GradientSum)."""
+    """A field's channels-last copy [B, H, W, 2]; its gradient goes back to [B, 2, H, W]."""
 
     @staticmethod
-    def forward(ctx, values, gradient_sum):
-        ctx.set_materialize_grads(False)
-        ctx.gradient_sum = gradient_sum
+    def forward(ctx, values):
         return _pack(values.detach(), packed_like=False)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_packed):
-        total = ctx.gradient_sum.take()
-        if grad_packed is not None:  # the copy was also used outside a chain's sum
-            total = grad_packed if total is None else total + grad_packed
-        return (None if total is None else _pack(total, packed_like=True)), None
+        return _pack(grad_packed, packed_like=True)
 
 
 class Field:
@@ -357,17 +388,14 @@ class Field:
     compiled kernel reads (a cell's four corners of both channels in two 16-byte rows).
 
     The copy is made once, on first use, and shared by every chain that holds this Field:
-    in the post's world step k's field is walked through by the chains of steps k to 9,
-    and gradients reach `values` through the copy (the chains add them up in a
-    `GradientSum`, and the copy's backward pass hands the total back to `values`). The copy
-    is made again if `values` has been changed in place since, or if it was made without
+    in the post's world step k's field is walked through by the chains of steps k to 9.
+    It is made again if `values` has been changed in place since, or if it was made without
     gradient tracking and is now needed with it."""
 
-    __slots__ = ("values", "gradient_sum", "_copy", "_version")
+    __slots__ = ("values", "_copy", "_version")
 
     def __init__(self, values: torch.Tensor):
         self.values = values
-        self.gradient_sum = None  # made with each copy
         self._copy, self._version = None, None
 
     def channels_last(self) -> torch.Tensor:
@@ -376,8 +404,7 @@ class Field:
             or self._version != self.values._version
             or (torch.is_grad_enabled() and self.values.requires_grad and not self._copy.requires_grad)
         ):
-            self.gradient_sum = GradientSum()  # for the chains that will read the new copy
-            self._copy = _Pack.apply(self.values, self.gradient_sum)
+            self._copy = apply(_Pack, self.values)
             self._version = self.values._version
         return self._copy
 
@@ -390,23 +417,26 @@ def sample(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
 
     Shapes are not checked here: `helpers.warping.interpolate` does that."""
     if active(values, coordinates) == "compiled" and min(values.shape[2:]) >= 2:
-        return _CompiledSample.apply(values, coordinates)
+        return apply(_CompiledSample, values, coordinates)
     return grid_sample_bilinear(values, coordinates.expand(len(values), -1, -1, -1))
 
 
 def chain(displacements: Sequence, coordinates: torch.Tensor) -> torch.Tensor:
     """φ_1 ∘ … ∘ φ_K at coordinates [B or 1, 2, H', W'], with φ_k(x) = x + D_k(x) and
-    displacements = (D_1, …, D_K), each [B or 1, 2, H, W] (a tensor or a `Field`): D_K is
-    applied first -> [B, 2, H', W'].
+    displacements = (D_1, …, D_K), each [B or 1, 2, H, W] with H, W >= 2 (a tensor or a
+    `Field`): D_K is applied first -> [B, 2, H', W'].
 
-    Shapes are not checked here: `helpers.warping.DisplacementChain` does that."""
+    Other shapes are not checked here: `helpers.warping.DisplacementChain` does that."""
     fields = [d if isinstance(d, Field) else Field(d) for d in displacements]
+    for field in fields:
+        if field.values.dim() != 4 or min(field.values.shape[2:]) < 2:
+            raise ValueError(
+                f"a displacement field needs at least 2×2 pixels [B, 2, H, W], got {list(field.values.shape)}"
+            )
     batch = max(len(coordinates), *(len(f.values) for f in fields))
     if active(coordinates, *(f.values for f in fields)) == "compiled":
         packed = [batched(f.channels_last(), batch) for f in fields]
-        # A field shared by the batch ([1, ...]) gets its gradient summed over it by autograd.
-        sums = tuple(f.gradient_sum if len(f.values) == batch and _graph_task else None for f in fields)
-        return _CompiledChain.apply(coordinates, sums[::-1], *reversed(packed))
+        return apply(_CompiledChain, coordinates, *reversed(packed))
     for field in reversed(fields):
         coordinates = coordinates + sample(batched(field.values, batch), coordinates)
     return coordinates
