@@ -19,9 +19,9 @@ from typing import Callable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from . import fused
 from .data import load_digits, random_affine, random_pairs
-from .fused import training_loss
+from .engine import fused
+from .engine.fused import training_loss
 from .losses import BendingLoss, DiffusionRegularizedNet
 from .models import inner_fcnet, post_network
 
@@ -97,7 +97,7 @@ class TrainResult(NamedTuple):
 
     history maps each loss field, "grad_norm" (before any clipping) and "skipped" (1 where
     the spike guard skipped the update) to a float64 tensor [steps] of per-step values on
-    the training batches. path says how `train` computed the loss: "fused" (helpers.fused,
+    the training batches. path says how `train` computed the loss: "fused" (helpers.engine.fused,
     checked against the modules on the first batch) or "modules" (`net(moving, fixed)`);
     None where that is not known (a loaded checkpoint).
     """
@@ -138,7 +138,7 @@ def train(
     e.g. around an edited or subclassed FCNet; `config` then sets only the optimisation.
 
     The loss of every step is exactly `net(moving, fixed)`'s. For the post's unmodified
-    network it is computed by helpers.fused, faster, once that has been checked against the
+    network it is computed by helpers.engine.fused, faster, once that has been checked against the
     modules on the first batch (`fused.cross_check`); for anything else through the modules.
     One line (on stderr) says which, and why; so does the result's `path`.
     """
@@ -204,17 +204,17 @@ def train(
 
 
 def choose_path(net: DiffusionRegularizedNet, moving: torch.Tensor, fixed: torch.Tensor) -> str:
-    """"fused" when helpers.fused computes what `net(moving, fixed)` computes for this network
+    """"fused" when helpers.engine.fused computes what `net(moving, fixed)` computes for this network
     (`fused.why_not`) and agrees with it on this batch (`fused.cross_check`), else "modules".
     Prints one line that says which, and why."""
     reason = fused.why_not(net, moving, fixed)
     if reason is None:
         reason = fused.cross_check(net, moving, fixed)
         if reason is not None:
-            reason = f"helpers.fused disagrees with the modules on the first batch: {reason}"
+            reason = f"helpers.engine.fused disagrees with the modules on the first batch: {reason}"
     if reason is None:
         print(
-            "train: the loss is computed by helpers.fused (the post's network, unmodified; "
+            "train: the loss is computed by helpers.engine.fused (the post's network, unmodified; "
             "checked against the modules on the first batch)",
             file=sys.stderr,
         )

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import sampler
+from helpers import engine
+from helpers.engine import kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILER = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -22,9 +23,9 @@ def test_the_compiled_kernel_builds_wherever_there_is_a_c_compiler():
     if COMPILER is None:
         pytest.skip("no C compiler here: only the reference sampler runs")
     # A compiler that is present but fails to build the kernel is a failure, not a skip.
-    assert sampler.compiled_kernel() is not None, sampler._unavailable
-    assert sampler.active(torch.zeros(1)) == "compiled"
-    assert sampler.active(torch.zeros(1, dtype=torch.float64)) == "reference"
+    assert kernel.compiled_kernel() is not None, kernel._unavailable
+    assert engine.active(torch.zeros(1)) == "compiled"
+    assert engine.active(torch.zeros(1, dtype=torch.float64)) == "reference"
 
 
 def test_without_a_c_compiler_grid_sample_serves_with_a_warning(tmp_path):
@@ -38,7 +39,8 @@ def test_without_a_c_compiler_grid_sample_serves_with_a_warning(tmp_path):
         import warnings
         import torch
         import helpers
-        from helpers import fused, sampler
+        from helpers import engine
+        from helpers.engine import fused
         from helpers.models import post_network
         from helpers.warping import interpolate
 
@@ -49,8 +51,8 @@ def test_without_a_c_compiler_grid_sample_serves_with_a_warning(tmp_path):
             warped = interpolate(values, points)
             interpolate(values, points)
         print("warnings:", len(caught), caught[0].message if caught else "")
-        print("active:", sampler.active(values))
-        print("same as grid_sample:", torch.equal(warped, sampler.grid_sample_bilinear(values, points)))
+        print("active:", engine.active(values))
+        print("same as grid_sample:", torch.equal(warped, engine.reference_sample(values, points)))
         print("fused:", fused.why_not(post_network(), values, values))
     """ % str(ROOT))
     result = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
@@ -65,10 +67,10 @@ def test_without_a_c_compiler_grid_sample_serves_with_a_warning(tmp_path):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """An empty cache folder for sampler.build, and no temporary folder chosen yet."""
+    """An empty cache folder for kernel.build, and no temporary folder chosen yet."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(sampler, "_temporary_folder", None)
-    return tmp_path / "cache" / sampler.CACHE_NAME
+    monkeypatch.setattr(kernel, "_temporary_folder", None)
+    return tmp_path / "cache" / kernel.CACHE_NAME
 
 
 def mode(path):
@@ -76,10 +78,10 @@ def mode(path):
 
 
 def test_the_cache_folder_is_made_private(cache):
-    assert sampler._cache_folder() == cache
+    assert kernel._cache_folder() == cache
     assert mode(cache) == 0o700 and os.lstat(cache).st_uid == os.getuid()
     cache.chmod(0o755)  # readable by others (an older helpers made it so): made private
-    assert sampler._cache_folder() == cache and mode(cache) == 0o700
+    assert kernel._cache_folder() == cache and mode(cache) == 0o700
 
 
 @pytest.mark.parametrize("how", ["writable by others", "a symbolic link"])
@@ -92,9 +94,9 @@ def test_a_cache_folder_others_could_write_to_is_refused(cache, tmp_path, how):
         (tmp_path / "elsewhere").mkdir(mode=0o700)
         cache.symlink_to(tmp_path / "elsewhere")
     with pytest.warns(RuntimeWarning, match="not caching the compiled sampler"):
-        folder = sampler._cache_folder()
+        folder = kernel._cache_folder()
     assert folder != cache and mode(folder) == 0o700 and folder.name.startswith("helpers-kernel-")
-    assert sampler._cache_folder() == folder  # one temporary folder per process, one warning
+    assert kernel._cache_folder() == folder  # one temporary folder per process, one warning
     shutil.rmtree(folder)
 
 
@@ -114,22 +116,22 @@ def calls(tmp_path):
 def test_failed_builds_are_remembered(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(fake_compiler(tmp_path, 'echo "cc: error: unsupported option" >&2; exit 1')))
     with pytest.raises(RuntimeError, match="unsupported option"):
-        sampler.build()
-    assert len(calls(tmp_path)) == len(sampler.VARIANTS)
-    assert len(list(cache.glob("*.failed"))) == len(sampler.VARIANTS) and not list(cache.glob("*.tmp"))
+        kernel.build()
+    assert len(calls(tmp_path)) == len(kernel.VARIANTS)
+    assert len(list(cache.glob("*.failed"))) == len(kernel.VARIANTS) and not list(cache.glob("*.tmp"))
     with pytest.raises(RuntimeError, match="failed before"):
-        sampler.build()  # as a new process would: no compiler run again
-    assert len(calls(tmp_path)) == len(sampler.VARIANTS)
+        kernel.build()  # as a new process would: no compiler run again
+    assert len(calls(tmp_path)) == len(kernel.VARIANTS)
 
 
 @pytest.mark.skipif(COMPILER is None, reason="needs a C compiler")
 def test_without_openmp_the_single_threaded_build_serves(cache, tmp_path, monkeypatch):
     body = f'case "$*" in *-fopenmp*) echo "cc: error: unrecognized option -fopenmp" >&2; exit 1;; esac\nexec {COMPILER} "$@"'
     monkeypatch.setenv("CC", str(fake_compiler(tmp_path, body)))
-    kernel = sampler.build()
+    library = kernel.build()
     assert "-fopenmp" not in calls(tmp_path)[-1]
     assert len(list(cache.glob("*.failed"))) == 2
-    assert sampler.build()._name == kernel._name and len(calls(tmp_path)) == 3  # cached, failures too
+    assert kernel.build()._name == library._name and len(calls(tmp_path)) == 3  # cached, failures too
 
 
 @pytest.mark.skipif(COMPILER is None, reason="needs a C compiler")
@@ -143,6 +145,6 @@ def test_a_library_that_does_not_load_gives_way_to_the_plainer_flags(cache, tmp_
         exec {COMPILER} "$@"
     """)
     monkeypatch.setenv("CC", str(fake_compiler(tmp_path, body)))
-    kernel = sampler.build()
+    library = kernel.build()
     assert "-march=native" not in calls(tmp_path)[-1] and "-fopenmp" in calls(tmp_path)[-1]
-    assert kernel.chain_forward is not None
+    assert library.chain_forward is not None

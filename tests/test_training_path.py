@@ -1,4 +1,4 @@
-"""train() trains exactly the network it is given: helpers.fused only where it provably
+"""train() trains exactly the network it is given: helpers.engine.fused only where it provably
 computes what the modules compute, the modules everywhere else, and it says which."""
 
 import copy
@@ -76,11 +76,11 @@ def assert_same_weights(a, b):
 
 
 def test_the_post_network_trains_on_the_fused_path_bit_for_bit_as_before(fives, capsys):
-    """The shipped checkpoints were trained through helpers.fused directly: the checks that
+    """The shipped checkpoints were trained through helpers.engine.fused directly: the checks that
     now come first must not change a bit of that training."""
     result = train(CONFIG, fives, device="cpu", progress=False)
     assert result.path == "fused"
-    assert "helpers.fused" in capsys.readouterr().err
+    assert "helpers.engine.fused" in capsys.readouterr().err
     history, by_hand = train_by_hand(build_network(CONFIG), fives, CONFIG, fused.training_loss)
     assert torch.equal(result.history["all_loss"], history)
     assert_same_weights(inner_fcnet(result.net), inner_fcnet(by_hand))
@@ -97,7 +97,7 @@ def test_an_edited_forward_trains_the_edit(fives, monkeypatch, capsys, edit):
     capsys.readouterr()
     result = train(CONFIG, fives, device="cpu", progress=False)
     assert result.path == "modules"
-    assert "FCNet.forward is not the function helpers.fused was written from" in capsys.readouterr().err
+    assert "FCNet.forward is not the function helpers.engine.fused was written from" in capsys.readouterr().err
     history, by_hand = train_by_hand(build_network(CONFIG), fives, CONFIG, through_modules)
     assert torch.equal(result.history["all_loss"], history)
     assert_same_weights(inner_fcnet(result.net), inner_fcnet(by_hand))

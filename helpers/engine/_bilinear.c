@@ -1,5 +1,5 @@
 /* Bilinear sampling with a hand-written backward pass: the compiled kernel behind
- * helpers/sampler.py. It computes what torch.nn.functional.grid_sample computes with
+ * helpers.engine (compiled.py). It computes what torch.nn.functional.grid_sample computes with
  * mode="bilinear", padding_mode="border", align_corners=True, on float32 images
  * [B, C, H, W] and coordinates [B, 2, N] (row, column in [0, 1]; N points per image).
  *
@@ -8,7 +8,7 @@
  *   chain:  p ← p + D_k(p) for k = 0 .. K-1, one displacement field D_k after another, in
  *           one pass over the points (the composition φ_K-1 ∘ … ∘ φ_0 of φ_k(x) = x + D_k(x),
  *           evaluated without materialising intermediate grids). The fields come
- *           channels-last, [B, H, W, 2] (helpers.sampler.Field makes that copy once).
+ *           channels-last, [B, H, W, 2] (helpers/engine/compiled.py makes that copy once per field).
  *
  * Images in the batch are independent, so the batch loop is shared between threads and
  * the backward passes accumulate into per-image gradients without atomics.
