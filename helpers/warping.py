@@ -32,8 +32,11 @@ def bilinear(values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
     with a = row - i and b = column - j. (`interpolate` gives the same numbers, faster.)
     """
     batch, channels, height, width = values.shape
-    rows = (coordinates[:, 0] * (height - 1)).clamp(0, height - 1)  # [B, H', W'], pixel units
-    cols = (coordinates[:, 1] * (width - 1)).clamp(0, width - 1)
+    # Pixel units, x = c · (N - 1) [B, H', W'], rounded as grid_sample computes it (from its
+    # [-1, 1] convention, g = 2c - 1): a point then lands in the same cell as grid_sample's.
+    rows = ((coordinates[:, 0] * 2 - 1) + 1) * ((height - 1) / 2)
+    cols = ((coordinates[:, 1] * 2 - 1) + 1) * ((width - 1) / 2)
+    rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
     # The cell's top-left pixel; on the last row or column, the cell before it (then a or b is 1).
     i = rows.floor().clamp(max=height - 2).long()
     j = cols.floor().clamp(max=width - 2).long()
