@@ -40,12 +40,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import sampler  # noqa: E402
+from helpers import sampler  # noqa: E402  (helpers.engine, the switch)
+from helpers.engine import kernel as engine_kernel  # noqa: E402
 from helpers.classical import register_pairwise  # noqa: E402
 from helpers.data import evaluation_pairs, load_digits, random_pairs  # noqa: E402
 from helpers.losses import ssd  # noqa: E402
 from helpers.models import FCNet, inner_fcnet, post_network  # noqa: E402
-from helpers.fused import training_loss  # noqa: E402
+from helpers.engine.fused import training_loss  # noqa: E402
 from helpers.train import TrainConfig, checkpoint_path, load_checkpoint, train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -310,7 +311,7 @@ def profile(batch=128, steps=5, rows=10):
             return timed
 
     samples = []
-    sampler._library = Timed()
+    engine_kernel._library = Timed()
     try:
         for _ in range(3 * steps):
             spent.clear()
@@ -318,7 +319,7 @@ def profile(batch=128, steps=5, rows=10):
             step(moving, fixed)
             samples.append((time.perf_counter() - started, dict(spent)))
     finally:
-        sampler._library = kernel
+        engine_kernel._library = kernel
     samples.sort(key=lambda sample: sample[0])
     step_seconds, kernel_seconds = samples[len(samples) // 2]
     return top, operators, products, step_seconds, kernel_seconds
@@ -398,7 +399,7 @@ def main() -> int:
         "Median over rounds in which the implementations take turns, one step each. Every "
         "implementation first computes the loss of the same batch with the same weights (the "
         "shipped 5s network); they agree to 1e-5 relative or the benchmark stops. "
-        f"*{SHIPPED}*: `helpers.fused.training_loss`, one autograd node with a hand-written backward "
+        f"*{SHIPPED}*: `helpers.engine.fused.training_loss`, one autograd node with a hand-written backward "
         "pass; *helpers modules*: `net(moving, fixed)` through registration.py and losses.py, under "
         "autograd, with the compiled sampler or with `grid_sample`.",
         "",
@@ -423,9 +424,9 @@ def main() -> int:
             "",
             "### What bounds it",
             "",
-            f"A shipped step at batch 128 (`helpers.train`'s, through `helpers.fused`) took "
+            f"A shipped step at batch 128 (`helpers.train`'s, through `helpers.engine.fused`) took "
             f"{1000 * step_seconds:.1f} ms in this measurement (median of 15, timed without the profiler). "
-            f"Of that, helpers/_bilinear.c, the compiled sampler, took {1000 * forward:.1f} ms forward and "
+            f"Of that, helpers/engine/_bilinear.c, the compiled sampler, took {1000 * forward:.1f} ms forward and "
             f"{1000 * backward:.1f} ms backward: {1e9 * forward / (45 * points):.2f} and "
             f"{1e9 * backward / (45 * points):.2f} ns per lookup (45 lookups per pixel and pass, "
             f"{45 * points / 1e6:.1f} million per pass). The MLP's matrix products, {flops / 1e9:.2f} GFLOP "
@@ -443,8 +444,7 @@ def main() -> int:
             "rarely touch the previous point's), a cell's two top or bottom corners of both channels "
             "as one 16-byte addition. In the fused step each field's gradient from all the chains that "
             "read it is added straight into one buffer; through the modules (the second row of the "
-            "table above) each chain's share is first computed separately and then added, so that the "
-            "sums round exactly as autograd's would. Bandwidth is not the bound (a 28 × 28 field is "
+            "table above) each chain returns its share and autograd adds them up. Bandwidth is not the bound (a 28 × 28 field is "
             "6 KB per image).",
             "",
             "The operations with the most self CPU time under the torch profiler (which inflates "

@@ -11,12 +11,14 @@ It mirrors icon_registration's interface, so the post's code runs unchanged with
     net.assign_identity_map(sample_batch.shape)
     loss = net(moving, fixed)
 
-Modules, one concept each: coordinates (grids and input checks), sampler (bilinear
-sampling, compiled and grid_sample), warping (interpolation and composition), registration (the modules), losses, models, analysis (per-step view),
-data (MNIST digits), train (the training loop and checkpoints).
+Modules, one concept each: coordinates (grids and input checks), warping (bilinear
+interpolation, transforms as functions, composition), registration (the modules), losses,
+models, analysis (per-step view), data (MNIST digits), train (the training loop and
+checkpoints). The engine package (helpers/engine/) makes sampling and training fast and is
+reached only through `helpers.engine.sample` and `.chain`, which warping calls.
 """
 
-from . import analysis, coordinates, losses, models, registration, sampler, warping
+from . import analysis, coordinates, engine, losses, models, registration, sampler, warping
 from .coordinates import identity_map
 from .losses import DiffusionRegularizedNet, ssd
 from .registration import FunctionFromVectorField, RegistrationModule, TwoStepRegistration
@@ -31,6 +33,7 @@ __all__ = [
     "as_function",
     "compose",
     "coordinates",
+    "engine",
     "identity_map",
     "losses",
     "models",

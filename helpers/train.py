@@ -11,6 +11,7 @@ bit, on the same machine and torch version); uses CUDA when it is available.
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -19,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import load_digits, random_affine, random_pairs
-from .fused import training_loss
+from .engine import fused
+from .engine.fused import training_loss
 from .losses import BendingLoss, DiffusionRegularizedNet
 from .models import inner_fcnet, post_network
 
@@ -97,12 +99,15 @@ class TrainResult(NamedTuple):
 
     history maps each loss field, "grad_norm" (before any clipping) and "skipped" (1 where
     the spike guard skipped the update) to a float64 tensor [steps] of per-step values on
-    the training batches.
+    the training batches. path says how `train` computed the loss: "fused" (helpers.engine.fused,
+    checked against the modules on the first batch) or "modules" (`net(moving, fixed)`);
+    None where that is not known (a loaded checkpoint).
     """
 
     net: DiffusionRegularizedNet
     config: TrainConfig
     history: dict
+    path: str | None = None
 
 
 def default_device() -> torch.device:
@@ -122,6 +127,7 @@ def train(
     device: str | torch.device | None = None,
     progress: bool = True,
     stop: Callable[[int, DiffusionRegularizedNet], bool] | None = None,
+    net: DiffusionRegularizedNet | None = None,
 ) -> TrainResult:
     """Train the post's network from scratch with Adam on random pairs.
 
@@ -129,13 +135,24 @@ def train(
     config.split, source=config.source)`. Shows a tqdm progress bar (terminal or
     notebook) unless `progress=False`. `stop(step, net)`, if given, is called after
     every update; when it returns True, training ends there (the history then covers
-    steps 0..step only).
+    steps 0..step only). `net`, if given, is the network trained (in place, from its
+    current weights) instead of `build_network(config)`: any `DiffusionRegularizedNet`,
+    e.g. around an edited or subclassed FCNet; `config` then sets only the optimisation.
+
+    The loss of every step is exactly `net(moving, fixed)`'s. For the post's unmodified
+    network it is computed by helpers.engine.fused, faster, once that has been checked against the
+    modules on the first batch (`fused.cross_check`); for anything else through the modules.
+    One line (on stderr) says which, and why; so does the result's `path`.
     """
     device = torch.device(device) if device is not None else default_device()
     if images is None:
         images = load_digits(config.digit, config.split, source=config.source)
     images = images.to(device)
-    net = build_network(config).to(device)
+    if net is None:
+        net = build_network(config)
+    elif not isinstance(net, DiffusionRegularizedNet):
+        raise ValueError(f"train(net=...) needs a DiffusionRegularizedNet (a loss module), got {type(net).__name__}")
+    net = net.to(device)
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     pairs = torch.Generator().manual_seed(config.seed)
@@ -148,7 +165,13 @@ def train(
         if config.augment:
             moving, fixed = (random_affine(batch, config.augment, pairs) for batch in (moving, fixed))
         try:
-            loss = training_loss(net, moving, fixed)  # net(moving, fixed), fused where it can be
+            if step == 0:
+                path = choose_path(net, moving, fixed)
+            loss = training_loss(net, moving, fixed) if path == "fused" else net(moving, fixed)
+            if not loss.all_loss.requires_grad:
+                raise ValueError(
+                    "the loss does not depend on the network's parameters: does its forward return a constant?"
+                )
             if not torch.isfinite(loss.all_loss):
                 raise FloatingPointError(f"the loss is {loss.all_loss.item()}")
         except FloatingPointError as error:
@@ -179,7 +202,27 @@ def train(
             break
     bar.close()
     net.eval()
-    return TrainResult(net.cpu(), config, dict(zip(fields, history)))
+    return TrainResult(net.cpu(), config, dict(zip(fields, history)), path)
+
+
+def choose_path(net: DiffusionRegularizedNet, moving: torch.Tensor, fixed: torch.Tensor) -> str:
+    """"fused" when helpers.engine.fused computes what `net(moving, fixed)` computes for this network
+    (`fused.why_not`) and agrees with it on this batch (`fused.cross_check`), else "modules".
+    Prints one line that says which, and why."""
+    reason = fused.why_not(net, moving, fixed)
+    if reason is None:
+        reason = fused.cross_check(net, moving, fixed)
+        if reason is not None:
+            reason = f"helpers.engine.fused disagrees with the modules on the first batch: {reason}"
+    if reason is None:
+        print(
+            "train: the loss is computed by helpers.engine.fused (the post's network, unmodified; "
+            "checked against the modules on the first batch)",
+            file=sys.stderr,
+        )
+        return "fused"
+    print(f"train: the loss is computed through the modules, net(moving, fixed): {reason}", file=sys.stderr)
+    return "modules"
 
 
 def checkpoint_path(name: str) -> Path:

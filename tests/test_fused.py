@@ -141,5 +141,25 @@ def test_train_takes_the_fused_path(monkeypatch):
 
     monkeypatch.setattr(fused._World, "forward", staticmethod(counted))
     result = train(TrainConfig(steps=3, batch_size=8), progress=False, device="cpu")
-    assert len(calls) == 3
+    assert len(calls) == 1 + 3  # the check against the modules on the first batch, then each step
+    assert result.path == "fused"
     assert torch.isfinite(result.history["all_loss"]).all()
+
+
+def test_the_relu_backward_writes_what_autograd_s_does():
+    """The gradient through a ReLU, in place: threshold_backward's floats (0 where the output is
+    0, the incoming gradient, NaN and -0 included, elsewhere)."""
+    output = torch.relu(torch.randn(64, 50, generator=torch.Generator().manual_seed(0)))
+    grad = torch.randn(64, 50, generator=torch.Generator().manual_seed(1))
+    grad[0, :4] = torch.tensor([float("nan"), -0.0, float("inf"), 0.0])
+    output[0, :4] = torch.tensor([1.0, 2.0, 0.0, float("nan")])
+    expected = torch.ops.aten.threshold_backward(grad, output, 0.0)
+    fused._through_relu(grad, output)
+    assert torch.equal(grad.view(torch.int32), expected.view(torch.int32))  # bit for bit, NaN included
+
+
+def test_second_derivatives_need_the_reference_sampler_and_say_so(fives):
+    net = fives.train()
+    loss = fused.training_loss(net, *pairs(4)).all_loss
+    with pytest.raises(RuntimeError, match="HELPERS_SAMPLER=reference"):
+        torch.autograd.grad(loss, list(net.parameters()), create_graph=True)

@@ -50,18 +50,27 @@ def test_no_exact_torch_pins():
 
 
 def test_every_file_helpers_needs_is_package_data():
-    """Data, checkpoints and the sampler's C source travel with an installed package."""
+    """Data, checkpoints and the engine's C source travel with an installed package."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "helpers.data" in config["packages"]
-    patterns = config["package-data"]["helpers"]
+    packages = config["packages"]
+    assert {"helpers.data", "helpers.engine"} <= set(packages)
+    for folder in [ROOT / "helpers", *(path.parent for path in (ROOT / "helpers").rglob("__init__.py"))]:
+        package = ".".join(folder.relative_to(ROOT).parts)
+        assert package in packages, f"{package} (a folder with an __init__.py) is not in the package list"
     files = [
-        path.relative_to(ROOT / "helpers").as_posix()
+        path.relative_to(ROOT)
         for path in (ROOT / "helpers").rglob("*")
         if path.is_file() and path.suffix not in (".py", ".pyc")
     ]
-    assert "_bilinear.c" in files
-    for name in files:
-        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), f"helpers/{name} is not package data"
+    assert Path("helpers/engine/_bilinear.c") in files
+    for path in files:
+        # A pattern of a package that holds the file, relative to that package's folder.
+        holders = [p for p in config["package-data"] if path.is_relative_to(p.replace(".", "/"))]
+        assert any(
+            fnmatch.fnmatch(path.relative_to(package.replace(".", "/")).as_posix(), pattern)
+            for package in holders
+            for pattern in config["package-data"][package]
+        ), f"{path} is not package data"
 
 
 def test_notebooks_are_committed_executed_top_to_bottom():

@@ -9,7 +9,8 @@ import helpers as icon
 from helpers.analysis import trace_steps
 from helpers.models import FCNet, inner_fcnet, multistep, post_network
 from conftest import perturbed_post_network
-from helpers.warping import as_function, compose, displacement_transform, interpolate
+from helpers import engine
+from helpers.warping import as_function, bilinear, compose, displacement_transform, interpolate
 
 
 def random_images(batch, seed=0, size=28):
@@ -35,6 +36,25 @@ def test_interpolation_is_bilinear_with_border_padding():
     sampled = interpolate(image, points)
     # (0.5, 0.5) -> 1.5; (0.25, 1) -> 1.5; (-1, 0.5) clamps to row 0 -> 0.5
     assert torch.allclose(sampled.flatten(), torch.tensor([1.5, 1.5, 0.5]))
+
+
+@pytest.mark.parametrize("size", [(28, 28), (5, 9), (2, 2)])
+def test_bilinear_written_out_is_grid_sample(size):
+    """The readable interpolation (floor, weights, gather) gives grid_sample's values and
+    gradients, at points inside, past the border and on the last row and column."""
+    generator = torch.Generator().manual_seed(sum(size))
+    values = torch.rand(3, 2, *size, generator=generator, dtype=torch.float64)
+    points = torch.rand(3, 2, 7, 6, generator=generator, dtype=torch.float64) * 1.4 - 0.2
+    points[:, :, 0, 0] = 1.0  # the last row and column exactly: the far corner of the last cell
+    results = []
+    for function in (bilinear, engine.reference_sample):
+        leaves = [values.clone().requires_grad_(), points.clone().requires_grad_()]
+        out = function(*leaves)
+        results.append((out, *torch.autograd.grad((out * torch.sin(3 * out)).sum(), leaves)))
+    for mine, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+    # Float32, as the chapters use it: the same to float rounding.
+    torch.testing.assert_close(bilinear(values.float(), points.float()), interpolate(values.float(), points.float()), rtol=0, atol=1e-6)
 
 
 def test_a_constant_displacement_shifts_the_image():

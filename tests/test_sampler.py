@@ -6,18 +6,17 @@ reference on inputs chosen to reach every branch: points inside, on and past the
 border, on the pixel grid itself, shared and per-image coordinates, long chains.
 """
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import sampler
+from helpers import engine
+from helpers.engine import kernel
 from helpers.coordinates import identity_map
 from helpers.warping import DisplacementChain, compose, displacement_transform, interpolate
 
 pytestmark = pytest.mark.skipif(
-    sampler.compiled_kernel() is None, reason="no C compiler here: only the reference sampler runs"
+    kernel.compiled_kernel() is None, reason="no C compiler here: only the reference sampler runs"
 )
 
 
@@ -29,11 +28,11 @@ def smooth_field(batch, size=28, amplitude=0.05, seed=0):
 
 
 def both(function, inputs):
-    """function(*inputs) and the gradients of a nonlinear scalar of it, under each sampler."""
+    """function(*inputs) and the gradients of a nonlinear scalar of it, under each engine."""
     results = {}
-    for name in sampler.IMPLEMENTATIONS:
+    for name in engine.IMPLEMENTATIONS:
         leaves = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
-        with sampler.using(name):
+        with engine.using(name):
             out = function(*leaves)
         differentiable = [x for x in leaves if x.requires_grad]
         grads = torch.autograd.grad((out * torch.sin(3 * out)).sum(), differentiable)
@@ -45,12 +44,6 @@ def assert_same(results, rtol=1e-5):
     for compiled, reference in zip(results["compiled"], results["reference"], strict=True):
         scale = reference.abs().max().item()
         torch.testing.assert_close(compiled, reference, rtol=0, atol=rtol * scale)
-
-
-def test_the_compiled_kernel_builds_wherever_there_is_a_c_compiler():
-    assert shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    assert sampler.active(torch.zeros(1)) == "compiled"
-    assert sampler.active(torch.zeros(1, dtype=torch.float64)) == "reference"
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3])
@@ -114,7 +107,7 @@ def test_nan_points_stay_nan_through_a_chain():
     # A NaN coordinate stays NaN (p + D(p)); the other coordinate of the point moves on as
     # if the NaN were 0, exactly as with grid_sample.
     assert out[0, 0, 3, 4].isnan() and out[0, 1, 27, 27].isnan() and out.isnan().sum() == 2
-    with sampler.using("reference"):
+    with engine.using("reference"):
         reference = DisplacementChain(fields)(points)
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-6, equal_nan=True)
 
@@ -152,7 +145,7 @@ def test_a_field_first_used_without_gradients_still_passes_them_on_later():
     with torch.no_grad():
         phi(grid)  # the channels-last copy is made here, outside autograd
     phi(grid).square().sum().backward()
-    with sampler.using("reference"):
+    with engine.using("reference"):
         expected = torch.autograd.grad(displacement_transform(field)(grid).square().sum(), field)[0]
     torch.testing.assert_close(field.grad, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
 
@@ -168,7 +161,7 @@ def test_a_field_changed_in_place_is_copied_again():
 def growing_chains(fields, grid):
     """The post's world in miniature: chain k walks fields 1..k, so field j is read by the
     chains j..K (and a field twice by the last chain); a loss mixes every chain's output."""
-    shared = [sampler.Field(field) for field in fields]  # as composing chains shares them
+    shared = list(fields)
     chains = [DisplacementChain(shared[: k + 1])(grid) for k in range(len(shared))]
     chains.append(DisplacementChain([*shared, shared[0]])(grid))
     return sum((out * torch.sin(3 * out)).sum() for out in chains)
@@ -177,37 +170,17 @@ def growing_chains(fields, grid):
 def test_a_field_read_by_several_chains_gets_the_sum_of_their_gradients():
     fields = [smooth_field(2, seed=k, amplitude=0.08).requires_grad_() for k in range(4)]
     grid = identity_map((1, 1, 28, 28))
-    with sampler.using("reference"):
+    with engine.using("reference"):
         expected = torch.autograd.grad(growing_chains(fields, grid), fields)
     got = torch.autograd.grad(growing_chains(fields, grid), fields)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=1e-5 * e.abs().max().item())
 
 
-def test_summing_gradients_in_the_kernel_rounds_as_autograd_would():
-    """GradientSum adds each chain's share inside the kernel; autograd would add separate
-    tensors. Same additions in the same order: the same floats."""
-    fields = [smooth_field(2, seed=k, amplitude=0.08).requires_grad_() for k in range(4)]
-    grid = identity_map((1, 1, 28, 28))
-    in_kernel = torch.autograd.grad(growing_chains(fields, grid), fields)
-
-    def by_autograd(fields, coordinates):  # every chain returns its own gradients
-        packed = [field.values.permute(0, 2, 3, 1).contiguous() for field in fields]
-        return sampler._CompiledChain.apply(coordinates, (None,) * len(packed), *reversed(packed))
-
-    chain, sampler.chain = sampler.chain, by_autograd
-    try:
-        separate = torch.autograd.grad(growing_chains(fields, grid), fields)
-    finally:
-        sampler.chain = chain
-    for a, b in zip(in_kernel, separate, strict=True):
-        assert torch.equal(a, b)
-
-
-def test_gradient_sums_do_not_leak_from_one_backward_pass_into_the_next():
+def test_a_field_s_gradient_does_not_leak_from_one_backward_pass_into_the_next():
     fields = [smooth_field(2, seed=k, amplitude=0.08).requires_grad_() for k in range(3)]
     points = (identity_map((1, 1, 28, 28)) + 0.01).requires_grad_()
-    shared = [sampler.Field(field) for field in fields]
+    shared = list(fields)
     chains = [DisplacementChain(shared[: k + 1]) for k in range(3)]
     loss = sum((chain(points) ** 2).sum() for chain in chains)
     once = torch.autograd.grad(loss, fields, retain_graph=True)
@@ -223,8 +196,8 @@ def test_gradient_sums_do_not_leak_from_one_backward_pass_into_the_next():
 def test_the_portable_build_of_the_kernel_gives_the_same_floats():
     """Older GCC (11, as on Colab) lacks __builtin_shufflevector, and the kernel then joins and
     splits vectors through memory; -DHELPERS_PORTABLE_SHUFFLES takes that path here."""
-    portable = sampler.build(["-DHELPERS_PORTABLE_SHUFFLES"])
-    assert portable._name != sampler.compiled_kernel()._name  # a separate build
+    portable = kernel.build(["-DHELPERS_PORTABLE_SHUFFLES"])
+    assert portable._name != kernel.compiled_kernel()._name  # a separate build
     fields = [smooth_field(3, seed=k, amplitude=0.08).requires_grad_() for k in range(5)]
     points = (torch.rand(3, 2, 13, 9, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1).requires_grad_()
     images = torch.rand(3, 2, 28, 28, requires_grad=True)
@@ -237,11 +210,11 @@ def test_the_portable_build_of_the_kernel_gives_the_same_floats():
         return (*outputs, *grads)
 
     default = run()
-    shipped, sampler._library = sampler._library, portable
+    shipped, kernel._library = kernel._library, portable
     try:
         again = run()
     finally:
-        sampler._library = shipped
+        kernel._library = shipped
     for a, b in zip(default, again, strict=True):
         assert torch.equal(a, b)
 
@@ -250,9 +223,9 @@ def test_the_reference_is_used_for_float64_and_on_request():
     values = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     points = torch.rand(2, 2, 28, 28, dtype=torch.float64)
     assert interpolate(values, points).dtype == torch.float64
-    with sampler.using("reference"):
-        assert sampler.active(torch.zeros(1)) == "reference"
-    assert sampler.active(torch.zeros(1)) == "compiled"
+    with engine.using("reference"):
+        assert engine.active(torch.zeros(1)) == "reference"
+    assert engine.active(torch.zeros(1)) == "compiled"
 
 
 def test_nan_coordinates_give_nan_not_a_border_value():
@@ -265,7 +238,7 @@ def test_nan_coordinates_give_nan_not_a_border_value():
 
 def test_unknown_sampler_names_are_rejected():
     with pytest.raises(ValueError, match="unknown sampler 'fast'"):
-        with sampler.using("fast"):
+        with engine.using("fast"):
             pass
 
 
@@ -275,3 +248,61 @@ def test_mismatched_batches_are_an_error():
         chain(identity_map((1, 1, 28, 28)).repeat(2, 1, 1, 1))
     with pytest.raises(ValueError, match="one or more fields"):
         DisplacementChain([smooth_field(2), smooth_field(2, size=14)])
+
+
+@pytest.mark.parametrize("implementation", engine.IMPLEMENTATIONS)
+def test_chain_rejects_fields_smaller_than_two_by_two(implementation):
+    """A one-pixel-high field has no cell to interpolate in (the kernel would read before it)."""
+    with engine.using(implementation):
+        for shape in [(1, 2, 1, 5), (1, 2, 5, 1)]:
+            with pytest.raises(ValueError, match="at least 2×2 pixels"):
+                engine.chain([torch.zeros(shape)], torch.rand(1, 2, 3, 3))
+            with pytest.raises(ValueError, match="at least 2×2 pixels"):
+                DisplacementChain([torch.zeros(shape)])(torch.rand(1, 2, 3, 3))
+
+
+def second_derivatives(field, points):
+    """d/d field of |d loss / d points|², through a warp and a chain: needs create_graph=True."""
+    image = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    loss = interpolate(image, DisplacementChain([field])(points)).square().sum()
+    (grad_points,) = torch.autograd.grad(loss, points, create_graph=True)
+    return torch.autograd.grad(grad_points.square().sum(), field)[0]
+
+
+def test_higher_order_gradients_need_the_reference_sampler_and_say_so():
+    field = smooth_field(2).requires_grad_()
+    points = (identity_map((1, 1, 28, 28)).repeat(2, 1, 1, 1) + smooth_field(2, seed=4)).requires_grad_()
+    with pytest.raises(RuntimeError, match="HELPERS_SAMPLER=reference"):
+        second_derivatives(field, points)
+    with engine.using("reference"):
+        assert second_derivatives(field, points).abs().max() > 0
+
+    def warped_energy(points):
+        return interpolate(torch.rand(2, 1, 28, 28), points).square().sum()
+
+    with pytest.raises(RuntimeError, match="HELPERS_SAMPLER=reference"):
+        torch.func.grad(warped_energy)(points.detach())
+    with engine.using("reference"):
+        assert torch.func.grad(warped_energy)(points.detach()).shape == points.shape
+
+
+def test_channels_last_copies_are_forgotten_with_their_fields():
+    """The copies shared by chains live as long as their fields, and keep no field alive."""
+    import gc
+    import weakref
+
+    from helpers.engine import compiled
+
+    grid, before = identity_map((1, 1, 28, 28)), len(compiled._copies)
+    weights = smooth_field(2).requires_grad_()
+    output = weights * 1.0  # a field a network returned: shared, one copy for both chains
+    chain = DisplacementChain([output])
+    (compose(chain, chain)(grid) + chain(grid)).square().sum().backward()
+    assert len(compiled._copies) == before + 1
+    optimised = smooth_field(2).requires_grad_()  # a leaf, as in classical registration: no cached copy
+    DisplacementChain([optimised])(grid).square().sum().backward()
+    assert len(compiled._copies) == before + 1
+    alive = [weakref.ref(t) for t in (weights, output, optimised)]
+    del weights, output, chain, optimised
+    gc.collect()
+    assert len(compiled._copies) == before and all(ref() is None for ref in alive)

@@ -1,5 +1,5 @@
 /* Bilinear sampling with a hand-written backward pass: the compiled kernel behind
- * helpers/sampler.py. It computes what torch.nn.functional.grid_sample computes with
+ * helpers.engine (compiled.py). It computes what torch.nn.functional.grid_sample computes with
  * mode="bilinear", padding_mode="border", align_corners=True, on float32 images
  * [B, C, H, W] and coordinates [B, 2, N] (row, column in [0, 1]; N points per image).
  *
@@ -8,7 +8,7 @@
  *   chain:  p ← p + D_k(p) for k = 0 .. K-1, one displacement field D_k after another, in
  *           one pass over the points (the composition φ_K-1 ∘ … ∘ φ_0 of φ_k(x) = x + D_k(x),
  *           evaluated without materialising intermediate grids). The fields come
- *           channels-last, [B, H, W, 2] (helpers.sampler.Field makes that copy once).
+ *           channels-last, [B, H, W, 2] (helpers/engine/compiled.py makes that copy once per field).
  *
  * Images in the batch are independent, so the batch loop is shared between threads and
  * the backward passes accumulate into per-image gradients without atomics.
@@ -364,14 +364,11 @@ static void chain_step_backward(const float *packed, int64_t H, int64_t W, const
 /* grad_out [B, 2, N] is overwritten: it becomes the gradient with respect to the coordinates
  * (unless on_grid, where the coordinates are the fixed pixel grid and it is left unfinished).
  * grad_fields: K pointers to [B, H, W, 2] buffers (packed, like the fields) that receive the
- * fields' gradients: overwritten where accumulate[k] is 0. Where it is 1, this chain's
- * gradient is added: with scratch ([B, H, W, 2]) it is first computed there and then
- * added, so the sum rounds exactly as adding the two separate gradient tensors would;
- * with scratch NULL it is scattered straight into the buffer (faster, rounded otherwise). */
+ * fields' gradients: overwritten where accumulate[k] is 0, added to where it is 1 (the fused
+ * training step adds every chain's share of a field's gradient into one buffer). */
 void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H, int64_t W,
                     const float *visited, int64_t N, int on_grid, float *grad_out,
-                    float *const *grad_fields, const int32_t *accumulate, float *scratch,
-                    int threads) {
+                    float *const *grad_fields, const int32_t *accumulate, int threads) {
     const Axis ax_row = axis_of(H), ax_col = axis_of(W);
     const int64_t HW = H * W;
     int64_t b;
@@ -381,27 +378,22 @@ void chain_backward(const float *const *fields, int64_t K, int64_t B, int64_t H,
         /* Walk back through the fields, the last one applied first. */
         for (int64_t k = K - 1; k >= 0; k--) {
             const float *packed = fields[k] + b * 2 * HW;
-            float *total = grad_fields[k] + b * 2 * HW;
-            const int direct = accumulate[k] && !scratch; /* scatter into the total itself */
-            float *grad_packed = accumulate[k] && !direct ? scratch + b * 2 * HW : total;
+            float *grad_packed = grad_fields[k] + b * 2 * HW;
             const float *rows = visited + (b * K + k) * 2 * N, *cols = rows + N;
-            if (k == 0 && on_grid && direct) {
+            if (k == 0 && on_grid && accumulate[k]) {
                 for (int64_t n = 0; n < N; n++) {
                     grad_packed[2 * n] += g_rows[n];
                     grad_packed[2 * n + 1] += g_cols[n];
                 }
-            } else if (k == 0 && on_grid) {
+            } else if (k == 0 && on_grid) { /* 0 + g: a -0 gradient becomes +0, as grid_sample's does */
                 for (int64_t n = 0; n < N; n++) {
                     grad_packed[2 * n] = 0.0f + g_rows[n];
                     grad_packed[2 * n + 1] = 0.0f + g_cols[n];
                 }
             } else {
-                if (!direct) memset(grad_packed, 0, 2 * HW * sizeof(float));
+                if (!accumulate[k]) memset(grad_packed, 0, 2 * HW * sizeof(float));
                 chain_step_backward(packed, H, W, &ax_row, &ax_col, rows, cols, g_rows, g_cols, grad_packed, N);
             }
-            if (accumulate[k] && !direct)
-                for (int64_t i = 0; i < 2 * HW; i++)
-                    total[i] += grad_packed[i];
         }
     }
 }
