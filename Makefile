@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: execute every notebook in order, in place, each in a fresh kernel
-# (this regenerates figures/ and the shipped fives checkpoint), then export them to html/.
+# (this regenerates figures/; the shipped checkpoints are only read), then export them to html/.
 run: $(STAMP)
 	$(PY) scripts/run_notebooks.py
 

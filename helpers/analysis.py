@@ -389,7 +389,8 @@ class EnsembleTransfer(NamedTuple):
 
     similarity_ratio, folds: [S, T, E, B]
     probability: {judge name: [S, T, E, K+1, B, 10]}
-    moving_index: [E, B]  which held-out image of digit e is pair b's moving image
+    moving_index: [E, B]  which held-out image of digit e is pair b's moving image (an index
+                          into that digit's images: ids of different digits coincide)
     """
 
     train_digits: list
@@ -417,6 +418,8 @@ def ensemble_transfer(
     if len(seeds) != 1 or 0 in seeds:
         raise ValueError(f"every ensemble needs the same, non-zero number of networks, got {sorted(seeds)}")
     eval_digits = list(eval_digits)
+    if not eval_digits or len(set(eval_digits)) != len(eval_digits):
+        raise ValueError(f"eval_digits must name at least one digit, none twice, got {eval_digits}")
     ratios, folds, probabilities = [], [], {name: [] for name in judges}
     for position in range(seeds.pop()):
         for nets in ensembles.values():

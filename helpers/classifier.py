@@ -1,8 +1,10 @@
-"""A small, frozen digit classifier: the probe for "does this warped image look like a 5?".
+"""Small, frozen digit classifiers: the probes for "does this warped image look like a 5?".
 
-It is trained only on the `classifier` split of the bundled digits, which no registration
+Each is trained only on the `classifier` split of the bundled digits, which no registration
 network trains on and no evaluation pair is drawn from, so its judgement of a warped image
-is not circular. Its accuracy is measured on the `heldout` split.
+is not circular. Its accuracy is measured on the `heldout` split. Claims that rest on a
+classifier are made with two judges of different architectures (`JUDGES`: a small CNN and an
+MLP, trained independently), so that they are not one probe's quirk.
 """
 
 from typing import NamedTuple
@@ -51,7 +53,7 @@ JUDGES = {"CNN judge": dict(architecture="cnn", seed=0), "MLP judge": dict(archi
 class ClassifierResult(NamedTuple):
     """The frozen classifier (eval mode, no gradients) and its held-out accuracy."""
 
-    model: DigitClassifier
+    model: nn.Module  # a DigitClassifier or a DigitMLP
     heldout_accuracy: float
 
 

@@ -29,7 +29,7 @@ class SeedSummary(NamedTuple):
 
     per_seed: one value per seed (the mean over that seed's pairs), in seed order
     estimate: the mean of `per_seed`
-    low, high: the two-level bootstrap interval (seeds, then distinct moving images)
+    low, high: the two-level bootstrap interval (seeds and distinct moving images, resampled independently)
     images: the number of distinct moving images; pairs: the number of pairs per seed
     """
 
@@ -87,6 +87,8 @@ def over_seeds(
         raise ValueError(f"resamples must be an int >= 100, got {resamples!r}")
     _, cluster = torch.unique(images, return_inverse=True)
     clusters = int(cluster.max()) + 1
+    if clusters < 2:
+        raise ValueError("every pair has the same moving image: an interval over images needs at least 2 distinct ones")
     sums = torch.zeros(values.shape[0], clusters, dtype=torch.float64).index_add_(1, cluster, values)  # [S, C]
     counts = torch.zeros(clusters, dtype=torch.float64).index_add_(0, cluster, torch.ones(len(cluster), dtype=torch.float64))
 

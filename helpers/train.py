@@ -72,8 +72,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"TrainConfig.{name} must be an int, got {value!r}")
-        if self.steps < 0 or self.batch_size < 1 or self.registration_steps < 1:
-            raise ValueError(f"TrainConfig needs steps >= 0, batch_size >= 1, registration_steps >= 1: {self}")
+        if self.steps < 1 or self.batch_size < 1 or self.registration_steps < 1:
+            raise ValueError(f"TrainConfig needs steps >= 1, batch_size >= 1, registration_steps >= 1: {self}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -139,9 +139,10 @@ def train(
     current weights) instead of `build_network(config)`: any `DiffusionRegularizedNet`,
     e.g. around an edited or subclassed FCNet; `config` then sets only the optimisation.
 
-    The loss of every step is exactly `net(moving, fixed)`'s. For the post's unmodified
-    network it is computed by helpers.engine.fused, faster, once that has been checked against the
-    modules on the first batch (`fused.cross_check`); for anything else through the modules.
+    The loss of every step is `net(moving, fixed)`'s. For the post's unmodified network it is
+    computed by helpers.engine.fused, faster and equal to float rounding, once that has been
+    checked against the modules on the first batch (`fused.cross_check`); for anything else it
+    is `net(moving, fixed)` itself.
     One line (on stderr) says which, and why; so does the result's `path`.
     """
     device = torch.device(device) if device is not None else default_device()
@@ -241,6 +242,8 @@ def my_checkpoint_path(name: str) -> Path:
     repository, when run from notebooks/), else in the working directory. Never the shipped
     folder, so retraining in a chapter cannot replace a network that later chapters load."""
     if "HELPERS_CHECKPOINTS" in os.environ:
+        if not os.environ["HELPERS_CHECKPOINTS"].strip():
+            raise ValueError("$HELPERS_CHECKPOINTS is set but empty; set it to a folder, or unset it")
         folder = Path(os.environ["HELPERS_CHECKPOINTS"])
     else:
         root = next((folder for folder in [Path.cwd(), *Path.cwd().parents] if (folder / "figures").is_dir()), Path.cwd())
@@ -267,12 +270,15 @@ def load_ensemble(base: str, seeds=ENSEMBLE_SEEDS) -> list["TrainResult"]:
     """The shipped networks of `base` (e.g. "fives") for every seed in `seeds`: the same recipe,
     trained independently (different initial weights and pairs). Their configs must agree in
     everything but the seed."""
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"load_ensemble needs at least one seed and no seed twice, got {seeds}")
     members = [load_checkpoint(checkpoint_path(member_name(base, seed))) for seed in seeds]
     recipes = {dataclasses.replace(member.config, seed=0) for member in members}
     if len(recipes) != 1:
         raise CheckpointError(f"the checkpoints of {base!r} were trained with different recipes: {sorted(map(str, recipes))}")
-    if [member.config.seed for member in members] != list(seeds):
-        raise CheckpointError(f"the checkpoints of {base!r} carry seeds {[m.config.seed for m in members]}, expected {list(seeds)}")
+    if [member.config.seed for member in members] != seeds:
+        raise CheckpointError(f"the checkpoints of {base!r} carry seeds {[m.config.seed for m in members]}, expected {seeds}")
     return members
 
 
@@ -287,27 +293,42 @@ def save_checkpoint(path: str | os.PathLike, result: TrainResult, *, weights: st
 
     `weights="float16"` stores them rounded to half precision (half the size; the seed
     ensembles ship that way, and loading gives the rounded network back in float32).
-    Writing into the shipped folder (helpers/checkpoints/) is refused unless `shipped=True`,
-    which only `scripts/train_checkpoints.py` passes: save your own networks under
-    `my_checkpoint_path(name)`.
+    Writing into the shipped folder (helpers/checkpoints/, or below it) is refused unless
+    `shipped=True`, which only `scripts/train_checkpoints.py` passes: save your own networks
+    under `my_checkpoint_path(name)`.
+
+    A checkpoint holds the inner FCNet's weights and rebuilds the rest from the config, so only
+    the network `build_network(result.config)` describes can be saved: one you trained with
+    `train(config, net=...)` around an edited or subclassed FCNet, or with another λ or number
+    of steps than its config says, is refused (save its `state_dict()` with torch.save instead).
     """
     if weights not in WEIGHT_DTYPES:
         raise ValueError(f"weights must be one of {sorted(WEIGHT_DTYPES)}, got {weights!r}")
     path = Path(path)
-    if not shipped and path.resolve().parent == CHECKPOINTS.resolve():
+    if not shipped and path.resolve().is_relative_to(CHECKPOINTS.resolve()):
         raise ValueError(
-            f"{path} is a shipped checkpoint, which later chapters load; save your own network "
-            f"under my_checkpoint_path({path.stem!r}) (or another name) instead"
+            f"{path} is in the shipped folder {CHECKPOINTS}, whose networks later chapters load; "
+            f"save your own network under my_checkpoint_path({path.stem!r}) (or another name) instead"
         )
+    world = fused.world_of(result.net)
+    config = result.config
+    if world is None or world[1] != config.registration_steps or result.net.lmbda != config.lmbda:
+        raise ValueError(
+            f"save_checkpoint stores the post's network as its config describes it ({config.registration_steps} "
+            f"steps of one FCNet, SSD, λ = {config.lmbda}); this one is "
+            + ("another kind of network" if world is None else f"{world[1]} steps with λ = {result.net.lmbda}")
+            + ". Save its state_dict() with torch.save instead."
+        )
+    fcnet = {name: tensor.detach().cpu().to(WEIGHT_DTYPES[weights]) for name, tensor in inner_fcnet(result.net).state_dict().items()}
+    overflowed = [name for name, tensor in fcnet.items() if not torch.isfinite(tensor).all()]
+    if overflowed:
+        raise ValueError(f"weights {overflowed} are not finite in {weights} (too large for it?); save them as float32")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "config": dataclasses.asdict(result.config),
         "weights": weights,
-        "fcnet": {
-            name: tensor.detach().cpu().to(WEIGHT_DTYPES[weights])
-            for name, tensor in inner_fcnet(result.net).state_dict().items()
-        },
+        "fcnet": fcnet,
         "history": {name: values.cpu() for name, values in result.history.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,14 +359,14 @@ def load_checkpoint(path: str | os.PathLike) -> TrainResult:
         config = TrainConfig(**payload["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} has an invalid config: {error}") from error
-    stored = payload.get("weights", "float32")
-    if stored not in WEIGHT_DTYPES or any(
-        not isinstance(tensor, torch.Tensor) or tensor.dtype != WEIGHT_DTYPES[stored] for tensor in payload.get("fcnet", {}).values()
+    stored, weights = payload.get("weights", "float32"), payload.get("fcnet")
+    if not isinstance(stored, str) or stored not in WEIGHT_DTYPES or not isinstance(weights, dict) or any(
+        not isinstance(tensor, torch.Tensor) or tensor.dtype != WEIGHT_DTYPES[stored] for tensor in weights.values()
     ):
         raise CheckpointError(f"{path}: its weights are not all {stored!r} tensors, as the file says")
     net = build_network(config)
     try:
-        inner_fcnet(net).load_state_dict(payload["fcnet"])  # copies into the float32 parameters
+        inner_fcnet(net).load_state_dict(weights)  # copies into the float32 parameters
     except (KeyError, RuntimeError) as error:
         raise CheckpointError(f"{path}: weights do not fit the network its config describes: {error}") from error
     net.eval()

@@ -1,13 +1,16 @@
 """Train the networks that ship with the package, with one seeded command.
 
-    python scripts/train_checkpoints.py fives sevens          # write helpers/checkpoints/*.pt
+    python scripts/train_checkpoints.py fives sevens_seed_2   # write helpers/checkpoints/*.pt
     python scripts/train_checkpoints.py sevens --check        # retrain, compare with the shipped file
     python scripts/train_checkpoints.py --group chapter05     # every checkpoint chapter 05 loads
+    python scripts/train_checkpoints.py --group all           # every shipped network
 
-Every checkpoint is seed 0 on the training split of one digit, with the post's configuration
-(helpers.train.TrainConfig's defaults: 800 Adam steps on batches of 128 pairs) except where
-its entry below says otherwise. Notebook 03 trains and saves `fives` itself, with the same
-configuration, so running it regenerates the same file.
+Every recipe below ships for each seed in helpers.train.ENSEMBLE_SEEDS, on the training split of
+one digit, with the post's configuration (helpers.train.TrainConfig's defaults: 800 Adam steps on
+batches of 128 pairs) except where its entry says otherwise: seed 0 under the recipe's name
+(`fives`, in float32), the other seeds as `fives_seed_1`, ... (in float16). Notebook 03 trains
+the seed-0 configuration itself and saves it under a name of its own (my_checkpoint_path), never
+here: this script is the only writer of helpers/checkpoints/.
 
 Chapter 05 adds: `twos` (a third training digit); `fives_single_step` (the same inner network
 acting once instead of nine times, same optimiser steps and batch size); and a λ sweep of both
@@ -56,13 +59,15 @@ def members(*bases: str) -> list[str]:
     return [member_name(base, seed) for base in bases for seed in ENSEMBLE_SEEDS]
 
 
-# cheapest first within each group
-SWEEP = ["fives_single_step", *(lambda_name("fives_single_step", l) for l in LAMBDA_SWEEP), *(lambda_name("fives", l) for l in LAMBDA_SWEEP)]
+# Each group names every checkpoint its chapter loads, the single-step (cheap) recipes first.
+SINGLE_STEP = ["fives_single_step", *(lambda_name("fives_single_step", l) for l in LAMBDA_SWEEP)]
+NINE_STEPS = ["fives", "sevens", "twos", *(lambda_name("fives", l) for l in LAMBDA_SWEEP)]
 GROUPS = {
     "chapter04": members("fives", "sevens"),
-    "chapter05": members("fives_single_step", "twos", *SWEEP[1:]),
-    "all": members("fives_single_step", *SWEEP[1:4], "fives", "sevens", "twos", *SWEEP[4:]),
+    "chapter05": members(*SINGLE_STEP, *NINE_STEPS),
+    "all": members(*SINGLE_STEP, *NINE_STEPS),
 }
+assert set(GROUPS["all"]) == set(CHECKPOINTS)
 
 
 def weights_format(name: str) -> str:
@@ -73,12 +78,13 @@ def weights_format(name: str) -> str:
 # How far a retrained network may be from the shipped one. Floating-point sums differ between
 # processors and thread counts, and over 800 Adam steps those differences grow until the weights
 # of two runs of one seed differ as much as two seeds' do; what must agree is what the network
-# does. The tolerances were set from the spread between floating-point paths measured in
-# benchmarks/RETRAINING.md (a few times the largest difference seen there).
+# does. Each tolerance is about three times the largest difference that benchmarks/retraining.py
+# measured between floating-point paths (benchmarks/RETRAINING.md, which also gives the range over
+# the shipped seeds for scale).
 CHECK_TOLERANCE = {
-    "final training loss": 0.004,        # mean of the last 100 steps' outer loss
-    "held-out outer loss": 0.006,        # mean over 256 held-out pairs of the training digit
-    "held-out similarity ratio": 0.03,   # per step: median over those pairs of after / before
+    "final training loss": 0.002,        # mean of the last 100 steps' outer loss
+    "held-out outer loss": 0.003,        # mean over 256 held-out pairs of the training digit
+    "held-out similarity ratio": 0.045,  # per step: median over those pairs of after / before
 }
 
 

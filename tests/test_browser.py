@@ -397,13 +397,20 @@ def test_offline_html_edition_renders_the_slider_and_the_figures(browser, html_e
 
 
 def formulas(notebook: Path) -> int:
-    """How many formulas ($...$ and $$...$$) the notebook's markdown cells hold, outside code spans
-    and escaped dollars."""
-    count = 0
+    """How many formulas ($...$ and $$...$$) the notebook's markdown holds, outside code spans and
+    escaped dollars: its markdown cells and the markdown its code cells rendered (the sentences
+    built from computed values, see tests/test_notebook_numbers.py)."""
+    sources = []
     for cell in nbformat.read(notebook, as_version=4).cells:
         if cell.cell_type == "markdown":
-            text = re.sub(r"`[^`]*`", "", cell.source.replace(r"\$", ""))
-            count += len(re.findall(r"\$\$.+?\$\$|\$[^$\n]+?\$", text, flags=re.DOTALL))
+            sources.append(cell.source)
+        for output in cell.get("outputs", []):
+            if "text/markdown" in output.get("data", {}):
+                sources.append(output["data"]["text/markdown"])
+    count = 0
+    for source in sources:
+        text = re.sub(r"`[^`]*`", "", source.replace(r"\$", ""))
+        count += len(re.findall(r"\$\$.+?\$\$|\$[^$\n]+?\$", text, flags=re.DOTALL))
     return count
 
 

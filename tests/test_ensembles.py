@@ -54,6 +54,7 @@ def test_it_is_seeded():
         (torch.zeros(3, 10), torch.arange(9), r"images must be integer ids \[pairs\] = \[10\]"),
         (torch.zeros(3, 10), torch.zeros(10), r"images must be integer ids"),
         (torch.full((3, 10), float("nan")), torch.arange(10), "NaN or inf"),
+        (torch.zeros(3, 10), torch.full((10,), 7), "at least 2 distinct"),
     ],
 )
 def test_bad_input_is_refused(values, images, message):

@@ -32,13 +32,15 @@ def cells(name):
 
 def prose_numbers(source: str) -> list[str]:
     text = re.sub(r"```.*?```", "", source, flags=re.S)           # fenced code
+    text = re.sub(r"`[^`]*`", "", text)                            # inline code (may hold a $)
     text = re.sub(r"\$\$.*?\$\$|\$[^$]*\$", "", text, flags=re.S)  # maths
-    text = re.sub(r"`[^`]*`", "", text)                            # inline code
     return NUMBER.findall(text)
 
 
 def checked_text(cell) -> str:
-    text = "".join("".join(output.get("text", "")) for output in cell.get("outputs", []))
+    """What nbval compares in a cell: its streams and the text/plain of its results and displays."""
+    text = "".join("".join(output.get("text", "")) + "".join(output.get("data", {}).get("text/plain", ""))
+                   for output in cell.get("outputs", []))
     return re.sub(r"TrainConfig\(.*?\)", "", text, flags=re.S)
 
 
@@ -65,3 +67,4 @@ def test_nbval_compares_no_floating_point_results(name):
 def test_the_checks_catch_what_they_should():
     assert prose_numbers("after nine steps 0.19 ($\\lambda = 0.05$, `lmbda=0.5`), 16.0% of pairs") == ["0.19", "16.0%"]
     assert NUMBER.findall(checked_text({"outputs": [{"text": ["TrainConfig(lr=0.001)\n", "ratio 0.22\n"]}]})) == ["0.22"]
+    assert NUMBER.findall(checked_text({"outputs": [{"data": {"text/plain": ["0.5"]}}]})) == ["0.5"]

@@ -8,7 +8,8 @@ import torch
 import helpers.train
 from helpers.data import load_digits
 from helpers.losses import BendingLoss
-from helpers.models import inner_fcnet
+from helpers.models import FCNet, inner_fcnet, post_network
+from helpers.registration import FunctionFromVectorField
 from helpers.train import (
     CHECKPOINTS, ENSEMBLE_SEEDS, CheckpointError, TrainConfig, TrainingDiverged, checkpoint_path, is_spike, load_checkpoint,
     load_ensemble, member_name, my_checkpoint_path, save_checkpoint, train,
@@ -160,17 +161,46 @@ def test_checkpoint_round_trip(small_run, tmp_path, fives):
         assert torch.equal(small_run.net(moving, fixed).all_loss, loaded.net(moving, fixed).all_loss)
 
 
-def test_shipped_checkpoints_are_read_from_the_package_and_never_overwritten(small_run, monkeypatch):
+def test_shipped_checkpoints_are_read_from_the_package_and_never_overwritten(small_run, tmp_path, monkeypatch):
     monkeypatch.setenv("HELPERS_CHECKPOINTS", "/somewhere/else")
     assert checkpoint_path("fives") == CHECKPOINTS / "fives.pt" and checkpoint_path("fives").is_file()
+    # The refusals are tried on a copy of the shipped folder: were they broken, this test must not
+    # overwrite the real one.
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "fives.pt").write_bytes(checkpoint_path("fives").read_bytes())
+    monkeypatch.setattr(helpers.train, "CHECKPOINTS", shipped)
     before = checkpoint_path("fives").read_bytes()
-    with pytest.raises(ValueError, match=r"shipped checkpoint.*my_checkpoint_path\('fives'\)"):
+    with pytest.raises(ValueError, match=r"shipped folder.*my_checkpoint_path\('fives'\)"):
         save_checkpoint(checkpoint_path("fives"), small_run)
-    with pytest.raises(ValueError, match="shipped checkpoint"):
-        save_checkpoint(CHECKPOINTS / "a_new_name.pt", small_run)
-    assert checkpoint_path("fives").read_bytes() == before and not (CHECKPOINTS / "a_new_name.pt").exists()
+    for elsewhere in (shipped / "a_new_name.pt", shipped / "below" / "it.pt", tmp_path / "shipped" / ".." / "shipped" / "x.pt"):
+        with pytest.raises(ValueError, match="shipped folder"):
+            save_checkpoint(elsewhere, small_run)
+    assert checkpoint_path("fives").read_bytes() == before and sorted(shipped.iterdir()) == [shipped / "fives.pt"]
+    save_checkpoint(shipped / "by_the_script.pt", small_run, shipped=True)
+    assert load_checkpoint(shipped / "by_the_script.pt").config == small_run.config
     with pytest.raises(ValueError, match="plain words"):
         checkpoint_path("../fives")
+
+
+def test_only_the_network_a_config_describes_can_be_saved(small_run, tmp_path):
+    other_lambda = small_run._replace(net=post_network(lmbda=0.2))
+    with pytest.raises(ValueError, match=r"9 steps with λ = 0.2.*state_dict"):
+        save_checkpoint(tmp_path / "a.pt", other_lambda)
+    class Subclassed(FCNet):
+        pass
+
+    subclassed = post_network()
+    inner = next(module for module in subclassed.modules() if isinstance(module, FunctionFromVectorField))
+    inner.net = Subclassed(size=28)
+    with pytest.raises(ValueError, match="another kind of network"):
+        save_checkpoint(tmp_path / "b.pt", small_run._replace(net=subclassed))
+    huge = post_network()
+    with torch.no_grad():
+        inner_fcnet(huge).dense3.bias[0] = 1e6
+    with pytest.raises(ValueError, match=r"\['dense3.bias'\] are not finite in float16"):
+        save_checkpoint(tmp_path / "c.pt", small_run._replace(net=huge), weights="float16")
+    assert not list(tmp_path.iterdir())
 
 
 def test_your_own_checkpoints_go_elsewhere(small_run, tmp_path, monkeypatch):
@@ -186,6 +216,9 @@ def test_your_own_checkpoints_go_elsewhere(small_run, tmp_path, monkeypatch):
     assert my_checkpoint_path("mine") == tmp_path / "runs" / "checkpoints" / "mine.pt"
     with pytest.raises(ValueError, match="plain words"):
         my_checkpoint_path("../../etc")
+    monkeypatch.setenv("HELPERS_CHECKPOINTS", "")
+    with pytest.raises(ValueError, match="HELPERS_CHECKPOINTS is set but empty"):
+        my_checkpoint_path("mine")
 
 
 def test_half_precision_checkpoints(small_run, tmp_path):
@@ -214,6 +247,10 @@ def test_member_names_and_ensembles():
     assert len({dataclasses.replace(member.config, seed=0) for member in ensemble}) == 1
     first = [weights(member)["dense3.bias"] for member in ensemble]
     assert all(not torch.equal(first[0], other) for other in first[1:]), "the seeds trained different networks"
+    assert [member.config.seed for member in load_ensemble("fives", iter((2, 1)))] == [2, 1]
+    for seeds in ((), (0, 0, 1)):
+        with pytest.raises(ValueError, match="at least one seed and no seed twice"):
+            load_ensemble("fives", seeds)
 
 
 def test_corrupt_checkpoint(small_run, tmp_path):
@@ -241,6 +278,8 @@ def rewrite(path, **changes):
         ({"config": {"digit": 5, "learning_rate": 0.1}}, "invalid config"),
         ({"config": {"digit": 5, "lr": -1.0}}, "invalid config.*lr must be"),
         ({"fcnet": {"dense1.weight": torch.zeros(3, 3)}}, "weights do not fit"),
+        ({"fcnet": [torch.zeros(3)]}, "weights are not all 'float32' tensors"),
+        ({"weights": ["float32"]}, "weights are not all"),
     ],
 )
 def test_mismatched_checkpoint(small_run, tmp_path, changes, message):
@@ -263,7 +302,7 @@ def test_weights_for_another_architecture(small_run, tmp_path):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"steps": -1}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
+    [{"steps": -1}, {"steps": 0}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
      {"lr_schedule": "cosine"}, {"augment": -1.0}, {"augment": float("inf")}, {"augment": True}],
 )
 def test_bad_config(changes):

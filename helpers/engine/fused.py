@@ -139,10 +139,12 @@ def applies(net, moving: torch.Tensor, fixed: torch.Tensor) -> bool:
 
 
 # How closely the fused node must agree with the modules on a batch (`cross_check`): each
-# loss field to this relative tolerance, and each parameter's gradient to this fraction of
-# its largest element (on trained networks the two paths' float32 gradients differ by up to
-# about 1e-3 of it, see the module's docstring; an edited network differs by far more).
-LOSS_RTOL = 1e-5
+# loss field to this relative tolerance (the losses are means of some 10⁵ float32 terms summed
+# in another order: up to about 3e-5 apart on a trained network, tests/test_fused.py), and each
+# parameter's gradient to this fraction of its largest element (on trained networks the two
+# paths' float32 gradients differ by up to about 1e-3 of it, see the module's docstring). An
+# edited network differs by far more.
+LOSS_RTOL = 1e-4
 GRADIENT_TOLERANCE = 5e-3
 
 
