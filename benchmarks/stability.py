@@ -1,15 +1,16 @@
 """Stability of long training runs, with and without the spike guard.
 
 Trains the post's configuration (Adam, lr 1e-3, batch 128, training 5s, λ = 0.05) for
-several seeds past step 2,600, once with `spike_guard=None` and once with the default
-guard, each run in its own single-threaded process, and writes a table to STABILITY.md.
+several seeds past step 2,600, with `spike_guard=None` and/or the default guard, each run in
+its own single-threaded process, on one floating-point path per invocation, and keeps every
+run's history in stability_runs/.
 
-    python benchmarks/stability.py                       # 3 seeds × 4000 steps × {none, 3}
-    python benchmarks/stability.py --summarize DIR       # only re-read histories in DIR
+    python benchmarks/stability.py                                 # seeds 0-2 × 4000 steps × {none, 3}
+    python benchmarks/stability.py --seeds 0 1 2 3 4 --guards 3    # the default recipe, 5 seeds
+    ATEN_CPU_CAPABILITY=default python benchmarks/stability.py ... # the same on PyTorch's portable kernels
+    python benchmarks/stability.py --summarize DIR                 # only re-read histories in DIR
 
-It writes the table to STABILITY_RUNS.md and the curves to STABILITY_RUNS.png.
-
-It takes about 0.2-0.3 s per step per process on a 2-core machine: budget an hour.
+It writes the table of every stored run to STABILITY_RUNS.md and the curves to STABILITY_RUNS.png.
 """
 
 import argparse
@@ -25,8 +26,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
+def fp_path() -> str:
+    """The floating-point path this process's PyTorch takes: its kernels' CPU capability."""
+    return os.environ.get("ATEN_CPU_CAPABILITY", "native")
+
+
 def history_path(directory: Path, seed: int, guard: str, steps: int) -> Path:
-    return directory / f"hist_s{seed}_g{guard}_n{steps}.npz"
+    suffix = "" if fp_path() == "native" else f"_p{fp_path()}"  # runs stored before paths had names are native
+    return directory / f"hist_s{seed}_g{guard}_n{steps}{suffix}.npz"
 
 
 def run(directory: Path, seed: int, guard: str, steps: int) -> Path:
@@ -45,6 +52,9 @@ def run(directory: Path, seed: int, guard: str, steps: int) -> Path:
     return path
 
 
+DIVERGED_JUMP = 3.0  # a 100-step mean this many times the best earlier one: the run blew up
+
+
 def summarize_run(history, steps: int) -> dict:
     """Numbers that tell a stable run from an unstable one."""
     loss = history["all_loss"]
@@ -54,10 +64,11 @@ def summarize_run(history, steps: int) -> dict:
     worst_jump = float((windows[1:] / best_so_far[:-1]).max())
     return {
         "final": float(loss[-200:].mean()),
+        "late_rise": float(loss[-200:].mean() / windows[:-2].min()),  # the last 200 steps over the best earlier 100
         "max_after_1000": float(loss[1000:].max()) if len(loss) > 1000 else float("nan"),
         "worst_jump": worst_jump,  # a 100-step mean over the best earlier one: > 1 means the loss went back up
         "completed": completed,
-        "diverged": completed < steps or bool(loss[1000:].max() > 10 * np.median(loss[-1000:])),
+        "diverged": completed < steps or worst_jump > DIVERGED_JUMP,
         "skipped": int(history["skipped"].sum()) if "skipped" in history else 0,
         "spikes": int((history["grad_norm"][20:] > 3 * np.median(history["grad_norm"])).sum()),
     }
@@ -66,23 +77,28 @@ def summarize_run(history, steps: int) -> dict:
 def write_report(directory: Path, out: Path) -> str:
     rows = []
     for path in sorted(directory.glob("hist_s*_g*_n*.npz")):
-        seed, guard, steps = path.stem[len("hist_") :].split("_")
+        seed, guard, steps, *fp = path.stem[len("hist_") :].split("_")
         with np.load(path) as data:
             summary = summarize_run({key: data[key] for key in data.files}, int(steps[1:]))
-        rows.append((int(seed[1:]), guard[1:], int(steps[1:]), summary))
+        rows.append((guard[1:], fp[0][1:] if fp else "native", int(seed[1:]), int(steps[1:]), summary))
     lines = [
         "# Stability of long training runs",
         "",
         f"Measured {datetime.date.today()} on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; written by `python benchmarks/stability.py`.",
+        "Floating-point path: `native` is PyTorch's best kernels for the processor, `default` its portable ones "
+        "(`ATEN_CPU_CAPABILITY=default`). *Late rise*: the mean loss of the last 200 steps over the best earlier "
+        f"100-step mean. *Diverged*: the run stopped on a non-finite loss, or a 100-step mean rose above "
+        f"{DIVERGED_JUMP:g}× the best before it.",
         "",
-        "| seed | spike guard | steps completed | final loss (last 200) | max loss after step 1000 | worst 100-step jump | diverged | skipped updates | steps with grad norm > 3× median |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| spike guard | floating-point path | seed | steps completed | final loss (last 200) | late rise | max loss after step 1000 | worst 100-step jump | diverged | skipped updates | steps with grad norm > 3× median |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for seed, guard, steps, s in sorted(rows):
+    for guard, fp, seed, steps, s in sorted(rows):
         lines.append(
-            f"| {seed} | {guard} | {s['completed']} of {steps} | {s['final']:.4f} | {s['max_after_1000']:.4f} | "
-            f"{s['worst_jump']:.3f} | {'yes' if s['diverged'] else 'no'} | {s['skipped']} | {s['spikes']} |"
+            f"| {guard} | {fp} | {seed} | {s['completed']} of {steps} | {s['final']:.4f} | {s['late_rise']:.3f} | "
+            f"{s['max_after_1000']:.4f} | {s['worst_jump']:.3f} | {'yes' if s['diverged'] else 'no'} | "
+            f"{s['skipped']} ({s['skipped'] / s['completed']:.1%}) | {s['spikes']} |"
         )
     table = "\n".join(lines) + "\n"
     out.write_text(table)
@@ -100,7 +116,8 @@ def plot_runs(directory: Path, out: Path) -> None:
     for path in sorted(directory.glob("hist_s*_g*_n*.npz")):
         with np.load(path) as data:
             loss, grad = data["all_loss"], data["grad_norm"]
-        label = path.stem[len("hist_") :].rsplit("_", 1)[0].replace("_g", ", guard ")
+        seed, guard, _, *fp = path.stem[len("hist_") :].split("_")
+        label = f"{seed}, guard {guard[1:]}" + (f", {fp[0][1:]}" if fp else "")
         (line,) = ax_loss.semilogy(loss, lw=0.6, label=label)
         ax_grad.semilogy(grad, lw=0.6, color=line.get_color())
     ax_loss.set_ylabel("training loss (all_loss)")
