@@ -46,6 +46,10 @@ class TrainConfig:
     benchmarks/STABILITY.md for why.
     `lr_schedule` is "constant" (the post's) or "linear": the learning rate of step s (0, 1,
     …) is then lr · (1 − s / steps), falling to lr / steps at the last step.
+    `decay_after`: past that many steps the learning rate is further multiplied by
+    decay_after / s (None: never). Runs of up to `decay_after` steps, the post's 800 among
+    them, are untouched; longer runs at the post's constant rate can drift into instability,
+    which the decay prevented in every run measured (benchmarks/STABILITY.md).
     `augment` > 0 turns, scales and shifts every training image at random before it is used
     (`helpers.data.random_affine` with that amount; 0, the post's, leaves them as they are).
     With 300 training images per digit the network otherwise learns its training images far
@@ -62,6 +66,7 @@ class TrainConfig:
     grad_clip: float | None = None
     spike_guard: float | None = 3.0
     lr_schedule: str = "constant"
+    decay_after: int | None = 800
     augment: float = 0.0
     seed: int = 0
     split: str = "train"
@@ -80,6 +85,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if isinstance(self.augment, bool) or not isinstance(self.augment, (int, float)) or not (0 <= self.augment < math.inf):
             raise ValueError(f"TrainConfig.augment must be a finite number >= 0, got {self.augment!r}")
+        if self.decay_after is not None and (isinstance(self.decay_after, bool) or not isinstance(self.decay_after, int)
+                                             or self.decay_after < 1):
+            raise ValueError(f"TrainConfig.decay_after must be None or an int >= 1, got {self.decay_after!r}")
         for name in ("grad_clip", "spike_guard"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -191,8 +199,7 @@ def train(
         norm = float(grad_norm)
         skip = config.spike_guard is not None and (not math.isfinite(norm) or is_spike(norm, recent, config.spike_guard))
         if not skip:
-            if config.lr_schedule == "linear":
-                optimizer.param_groups[0]["lr"] = config.lr * (1 - step / config.steps)
+            optimizer.param_groups[0]["lr"] = learning_rate(config, step)
             optimizer.step()
         values = [*(value.detach() for value in loss), grad_norm, torch.tensor(float(skip))]
         history[:, step] = torch.stack([value.to(grad_norm.device) for value in values]).double().cpu()
@@ -204,6 +211,17 @@ def train(
     bar.close()
     net.eval()
     return TrainResult(net.cpu(), config, dict(zip(fields, history)), path)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of update `step` (0, 1, …): `config.lr`, times the linear schedule's
+    factor, times decay_after / step past `decay_after` steps."""
+    rate = config.lr
+    if config.lr_schedule == "linear":
+        rate = rate * (1 - step / config.steps)
+    if config.decay_after is not None and step > config.decay_after:
+        rate = rate * (config.decay_after / step)
+    return rate
 
 
 def choose_path(net: DiffusionRegularizedNet, moving: torch.Tensor, fixed: torch.Tensor) -> str:

@@ -109,6 +109,30 @@ def test_the_linear_schedule_lowers_the_learning_rate_step_by_step(fives, monkey
     used.clear()
     train(SMALL, fives, device="cpu", progress=False)
     assert used == [1e-3] * 4
+    used.clear()
+    train(dataclasses.replace(SMALL, steps=6, decay_after=3), fives, device="cpu", progress=False)
+    assert used == pytest.approx([1e-3] * 4 + [0.75e-3, 0.6e-3])  # lr · 3/s past step 3
+    used.clear()
+    train(dataclasses.replace(SMALL, steps=6, decay_after=3, lr_schedule="linear"), fives, device="cpu", progress=False)
+    assert used == pytest.approx([1e-3 * (1 - s / 6) * min(1, 3 / max(s, 1)) for s in range(6)])
+
+
+def test_runs_no_longer_than_decay_after_are_the_posts_constant_rate_bit_for_bit(fives, small_run):
+    assert TrainConfig().decay_after == TrainConfig().steps, "the post's 800 steps are untouched by the decay"
+    constant = train(dataclasses.replace(SMALL, decay_after=None), fives, device="cpu", progress=False)
+    for name, tensor in weights(small_run).items():  # SMALL: 4 steps, decay after 800
+        assert torch.equal(tensor, weights(constant)[name]), name
+    decayed = train(dataclasses.replace(SMALL, decay_after=1), fives, device="cpu", progress=False)
+    assert not torch.equal(weights(decayed)["dense3.weight"], weights(constant)["dense3.weight"])
+
+
+def test_checkpoints_written_before_decay_after_existed_load_with_its_default(small_run, tmp_path):
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, small_run)
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["decay_after"]
+    torch.save(payload, path)
+    assert load_checkpoint(path).config == small_run.config
 
 
 def test_augmenting_changes_what_the_network_sees_and_stays_deterministic(fives, small_run, monkeypatch):
@@ -303,7 +327,8 @@ def test_weights_for_another_architecture(small_run, tmp_path):
 @pytest.mark.parametrize(
     "changes",
     [{"steps": -1}, {"steps": 0}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
-     {"lr_schedule": "cosine"}, {"augment": -1.0}, {"augment": float("inf")}, {"augment": True}],
+     {"lr_schedule": "cosine"}, {"augment": -1.0}, {"augment": float("inf")}, {"augment": True},
+     {"decay_after": 0}, {"decay_after": True}, {"decay_after": 2.5}],
 )
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
