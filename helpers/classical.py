@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .losses import BendingLoss, DiffusionRegularizedNet, Registration, ssd
+from .analysis import StepTrace
+from .coordinates import identity_map
+from .losses import BendingLoss, DiffusionRegularizedNet, Registration, pair_losses, ssd
 from .registration import FunctionFromVectorField
 
 
@@ -73,3 +75,20 @@ def register_pairwise(
     with torch.no_grad():
         registration = net.register(moving, fixed)
     return PairwiseResult(registration, dict(zip(BendingLoss._fields, history)), seconds)
+
+
+def pairwise_trace(moving: torch.Tensor, fixed: torch.Tensor, **settings) -> tuple[StepTrace, float]:
+    """`register_pairwise` seen as a one-step registration, for side-by-side comparisons with the
+    networks' `helpers.analysis.trace_steps`: a StepTrace whose step 0 is the identity and step 1
+    the optimiser's result (every field as trace_steps defines it), and the seconds it took."""
+    result = register_pairwise(moving, fixed, **settings)
+    final = result.registration
+    identity = identity_map(moving.shape).expand_as(final.phi_AB_vectorfield)
+    start = pair_losses(identity, identity[:1], moving, fixed, ssd, settings.get("lmbda", 0.05))
+    trace = StepTrace(
+        warped=torch.stack([moving, final.warped_image_A]),
+        displacement=torch.stack([torch.zeros_like(identity), final.phi_AB_vectorfield - identity]),
+        phi=torch.stack([identity, final.phi_AB_vectorfield]),
+        losses=BendingLoss(*(torch.stack([a, b]) for a, b in zip(start, final.losses))),
+    )
+    return trace, result.seconds

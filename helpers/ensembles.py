@@ -57,7 +57,8 @@ class SeedSummary(NamedTuple):
         """'0.16 [0.10, 0.23] (seeds 0.09–0.27)'; the spec applies to each number (default '.2f')."""
         spec = spec or ".2f"
         low, high = self.spread
-        return f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}] (seeds {low:{spec}}–{high:{spec}})"
+        interval = f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+        return interval if self.seeds == 1 else f"{interval} (seeds {low:{spec}}–{high:{spec}})"
 
     def __str__(self) -> str:
         return format(self)
@@ -74,9 +75,33 @@ def over_seeds(
     with replacement, each bringing all of its pairs (a crossed two-level bootstrap, seeded).
     """
     values = torch.as_tensor(values, dtype=torch.float64)
-    images = torch.as_tensor(images)
     if values.dim() != 2 or values.shape[0] < 2 or values.shape[1] < 2:
         raise ValueError(f"values must be [seeds >= 2, pairs >= 2], got shape {list(values.shape)}")
+    return _summarise(values, images, level, resamples, seed)
+
+
+def over_images(
+    values: torch.Tensor, images: torch.Tensor, level: float = 0.95, resamples: int = 4000, seed: int = 0
+) -> SeedSummary:
+    """`over_seeds` for a method without seeds (e.g. the per-pair optimiser, deterministic):
+    `values` [P], one per pair; the interval resamples the distinct moving images only."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() != 1 or values.shape[0] < 2:
+        raise ValueError(f"values must be [pairs >= 2], got shape {list(values.shape)}")
+    return _summarise(values.unsqueeze(0), images, level, resamples, seed)
+
+
+def over_runs(values: torch.Tensor, images: torch.Tensor, **options) -> SeedSummary:
+    """`over_seeds` for [runs >= 2, pairs], `over_images` for one run ([1, pairs]): one call for
+    a table that mixes trained networks (several seeds) with a deterministic method (one run)."""
+    values = torch.as_tensor(values)
+    if values.dim() != 2 or values.shape[0] < 1:
+        raise ValueError(f"values must be [runs, pairs], got shape {list(values.shape)}")
+    return over_images(values[0], images, **options) if values.shape[0] == 1 else over_seeds(values, images, **options)
+
+
+def _summarise(values, images, level, resamples, seed) -> SeedSummary:
+    images = torch.as_tensor(images)
     if images.shape != values.shape[1:] or images.dtype.is_floating_point:
         raise ValueError(f"images must be integer ids [pairs] = [{values.shape[1]}], got {images.dtype} {list(images.shape)}")
     if not torch.isfinite(values).all():

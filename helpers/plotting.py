@@ -264,3 +264,23 @@ def plot_tradeoff(families: dict, title: str = ""):
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def show_summaries(ax, summaries: dict, title: str = "", xlabel: str = "", color: str = "C0", offset: float = 0.0,
+                   label: str | None = None, log: bool = False):
+    """Horizontal interval plot of `summaries` (row label -> helpers.ensembles.SeedSummary): for
+    each row its estimate (a diamond), its 95% interval (a bar) and every seed's value (dots),
+    drawn at height row + `offset` (so that two series, e.g. two judges, can share the rows)."""
+    labels = list(summaries)
+    for row, name in enumerate(labels):
+        summary, y = summaries[name], row + offset
+        ax.plot([summary.low, summary.high], [y, y], color=color, lw=2, alpha=0.6)
+        ax.plot(summary.per_seed, [y] * summary.seeds, "o", color=color, ms=3, alpha=0.7)
+        ax.plot([summary.estimate], [y], "D", color=color, ms=5, label=label if row == 0 else None)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", lw=0.3)

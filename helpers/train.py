@@ -32,6 +32,7 @@ ENSEMBLE_SEEDS = (0, 1, 2, 3, 4)  # every shipped recipe is trained with these s
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 GUARD_WINDOW = 100  # steps of gradient-norm history the spike guard compares against
 LR_SCHEDULES = ("constant", "linear")
+PARADIGMS = ("unsupervised", "supervised")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class TrainConfig:
     With 300 training images per digit the network otherwise learns its training images far
     better than held-out ones; augmenting reaches a given held-out SSD in fewer steps
     (benchmarks/RESULTS.md, part b).
+    `paradigm` is how the network learns: "unsupervised" (the post's: through the loss,
+    by `train`) or "supervised" (Quicksilver's: imitating the fields a per-pair optimiser
+    found with this λ, by `helpers.supervised.train_supervised`; chapter 06).
     """
 
     digit: int = 5
@@ -71,6 +75,7 @@ class TrainConfig:
     seed: int = 0
     split: str = "train"
     source: str = "bundled"
+    paradigm: str = "unsupervised"
 
     def __post_init__(self):
         for name in ("digit", "steps", "batch_size", "registration_steps", "seed"):
@@ -81,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig needs steps >= 1, batch_size >= 1, registration_steps >= 1: {self}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if self.paradigm not in PARADIGMS:
+            raise ValueError(f"TrainConfig.paradigm must be one of {PARADIGMS}, got {self.paradigm!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainConfig.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if isinstance(self.augment, bool) or not isinstance(self.augment, (int, float)) or not (0 <= self.augment < math.inf):
@@ -153,6 +160,11 @@ def train(
     is `net(moving, fixed)` itself.
     One line (on stderr) says which, and why; so does the result's `path`.
     """
+    if config.paradigm != "unsupervised":
+        raise ValueError(
+            f"train() trains through the loss (paradigm 'unsupervised'); a {config.paradigm!r} config is "
+            "trained by helpers.supervised.train_supervised"
+        )
     device = torch.device(device) if device is not None else default_device()
     if images is None:
         images = load_digits(config.digit, config.split, source=config.source)

@@ -15,10 +15,15 @@ here: this script is the only writer of helpers/checkpoints/.
 Chapter 05 adds: `twos` (a third training digit); `fives_single_step` (the same inner network
 acting once instead of nine times, same optimiser steps and batch size); and a λ sweep of both
 (`fives_lambda_*` and `fives_single_step_lambda_*`; λ = 0.05 is `fives` / `fives_single_step`).
+
+Chapter 06 adds the supervised paradigm: `fives_supervised` and `fives_supervised_single_step`,
+the same networks trained to imitate the per-pair optimiser's fields on training 5s
+(helpers.supervised; the targets are computed once per run of this script, about a minute).
 """
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 
@@ -26,6 +31,7 @@ import torch
 
 from helpers.analysis import trace_steps
 from helpers.data import evaluation_pairs
+from helpers.supervised import target_bank, train_supervised
 from helpers.train import (ENSEMBLE_SEEDS, TrainConfig, checkpoint_path, load_checkpoint, member_name,
                            save_checkpoint, train)
 
@@ -44,6 +50,8 @@ RECIPES = {
     "sevens": TrainConfig(digit=7),
     "twos": TrainConfig(digit=2),
     "fives_single_step": TrainConfig(digit=5, registration_steps=1),
+    "fives_supervised": TrainConfig(digit=5, paradigm="supervised"),
+    "fives_supervised_single_step": TrainConfig(digit=5, registration_steps=1, paradigm="supervised"),
     **{lambda_name("fives", lmbda): TrainConfig(digit=5, lmbda=lmbda) for lmbda in LAMBDA_SWEEP},
     **{
         lambda_name("fives_single_step", lmbda): TrainConfig(digit=5, lmbda=lmbda, registration_steps=1)
@@ -62,9 +70,15 @@ def members(*bases: str) -> list[str]:
 # Each group names every checkpoint its chapter loads, the single-step (cheap) recipes first.
 SINGLE_STEP = ["fives_single_step", *(lambda_name("fives_single_step", l) for l in LAMBDA_SWEEP)]
 NINE_STEPS = ["fives", "sevens", "twos", *(lambda_name("fives", l) for l in LAMBDA_SWEEP)]
-EVERY = members(*SINGLE_STEP, *NINE_STEPS)
+SUPERVISED = ["fives_supervised_single_step", "fives_supervised"]
+EVERY = members(*SINGLE_STEP, *NINE_STEPS, *SUPERVISED)
 assert set(EVERY) == set(CHECKPOINTS)
-GROUPS = {"chapter04": members("fives", "sevens"), "chapter05": EVERY, "all": EVERY}  # chapter 05 loads every recipe
+GROUPS = {
+    "chapter04": members("fives", "sevens"),
+    "chapter05": members(*SINGLE_STEP, *NINE_STEPS),
+    "chapter06": members("fives_single_step", "fives", *SUPERVISED),
+    "all": EVERY,
+}
 
 
 def weights_format(name: str) -> str:
@@ -85,13 +99,28 @@ CHECK_TOLERANCE = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def targets_for(config: TrainConfig):
+    """The supervised targets of a recipe (independent of its seed and steps), made once per run."""
+    started = time.perf_counter()
+    bank = target_bank(dataclasses.replace(config, seed=0, registration_steps=1))
+    print(f"made {len(bank.moving)} supervised targets with the per-pair optimiser in {time.perf_counter() - started:.0f} s", flush=True)
+    return bank
+
+
+def train_recipe(config: TrainConfig):
+    if config.paradigm == "supervised":
+        return train_supervised(config, targets_for(dataclasses.replace(config, seed=0, registration_steps=1)))
+    return train(config)
+
+
 def quality(result) -> dict:
     """What a retraining check compares: the numbers above, as float64 tensors."""
     moving, fixed = evaluation_pairs(result.config.digit, result.config.digit)
     with torch.no_grad():
         trace = trace_steps(result.net, moving, fixed)
     return {
-        "final training loss": result.history["all_loss"][-100:].mean().double(),
+        "final training loss": result.history["all_loss"][-100:].mean().double(),  # the outer loss, in both paradigms
         "held-out outer loss": trace.losses.all_loss[-1].mean().double(),
         "held-out similarity ratio": (trace.similarity[1:] / trace.similarity[:1]).median(1).values.double(),
     }
@@ -119,7 +148,7 @@ def main() -> int:
     failed = False
     for name in names:
         started = time.perf_counter()
-        result = train(CHECKPOINTS[name])
+        result = train_recipe(CHECKPOINTS[name])
         seconds = time.perf_counter() - started
         path = checkpoint_path(name)
         if not args.check:

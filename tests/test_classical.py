@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers.classical import register_pairwise
-from helpers.data import load_digits
+from helpers.data import evaluation_pairs, load_digits
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +38,17 @@ def test_bad_iterations(pairs):
 def test_bad_images(pairs):
     with pytest.raises(ValueError, match="same shape"):
         register_pairwise(pairs[0], pairs[1][:1])
+
+
+def test_pairwise_trace_is_the_optimisers_result_as_one_step():
+    from helpers.analysis import StepTrace
+    from helpers.classical import pairwise_trace
+
+    moving, fixed = evaluation_pairs(5, 5, n=4)
+    trace, seconds = pairwise_trace(moving, fixed, iterations=30)
+    direct = register_pairwise(moving, fixed, iterations=30).registration
+    assert isinstance(trace, StepTrace) and trace.warped.shape == (2, 4, 1, 28, 28) and seconds > 0
+    assert torch.equal(trace.warped[0], moving) and torch.allclose(trace.warped[1], direct.warped_image_A)
+    assert torch.allclose(trace.similarity[0], 2 * (moving - fixed).pow(2).flatten(1).mean(1))
+    assert torch.allclose(trace.losses.all_loss[1], direct.losses.all_loss)
+    assert (trace.flips[0] == 0).all() and (trace.losses.bending_energy_loss[0] == 0).all()

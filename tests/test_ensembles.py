@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers.data import evaluation_indices, evaluation_pairs, load_digits
-from helpers.ensembles import over_seeds
+from helpers.ensembles import over_images, over_runs, over_seeds
 
 
 def test_per_seed_values_and_the_grand_mean():
@@ -69,3 +69,25 @@ def test_evaluation_indices_are_the_pairs_images():
     assert torch.equal(pool[moving_index], moving) and torch.equal(pool[fixed_index], fixed)
     assert (moving_index != fixed_index).all()
     assert len(moving_index.unique()) < 64  # pairs reuse moving images
+
+
+def test_over_images_is_the_interval_over_images_alone():
+    images = torch.arange(40) // 2
+    values = (images % 2).double() + 0.1 * torch.arange(40).double() / 40
+    summary = over_images(values, images)
+    assert summary.seeds == 1 and summary.estimate == pytest.approx(float(values.mean()))
+    assert summary.low < summary.estimate < summary.high
+    same = over_seeds(torch.stack([values, values]), images)  # identical rows: no seed-to-seed spread to add
+    assert same.estimate == pytest.approx(summary.estimate) and same.high - same.low == pytest.approx(summary.high - summary.low, rel=0.3)
+    assert "seeds" not in f"{summary}" and "seeds" in f"{same}"
+    with pytest.raises(ValueError, match=r"\[pairs >= 2\]"):
+        over_images(torch.stack([values, values]), images)
+
+
+def test_over_runs_dispatches_on_the_number_of_runs():
+    images = torch.arange(30) // 3
+    values = torch.rand(3, 30, generator=torch.Generator().manual_seed(4)).double()
+    assert over_runs(values, images) == over_seeds(values, images)
+    assert over_runs(values[:1], images) == over_images(values[0], images)
+    with pytest.raises(ValueError, match=r"\[runs, pairs\]"):
+        over_runs(values[0], images)

@@ -328,7 +328,7 @@ def test_weights_for_another_architecture(small_run, tmp_path):
     "changes",
     [{"steps": -1}, {"steps": 0}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
      {"lr_schedule": "cosine"}, {"augment": -1.0}, {"augment": float("inf")}, {"augment": True},
-     {"decay_after": 0}, {"decay_after": True}, {"decay_after": 2.5}],
+     {"decay_after": 0}, {"decay_after": True}, {"decay_after": 2.5}, {"paradigm": "reinforced"}],
 )
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
