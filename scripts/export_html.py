@@ -3,17 +3,20 @@
     python scripts/export_html.py [--out html] notebooks/03_training_on_fives.ipynb ...
 
 Each notebook becomes OUT/NAME.html with its saved widget state embedded, so that a reader
-without a kernel can move the step slider through what the notebook computed. require.js, the
+without a kernel can move the step slider through what the notebook computed. Links between
+the notebooks (`[glossary](glossary.ipynb)`) are pointed at the pages (`glossary.html`). require.js, the
 Jupyter widgets HTML manager and MathJax (which typesets the formulas) are copied from vendor/
 into OUT and loaded from there, not from a CDN. `make run` calls this after executing the
 notebooks.
 """
 
 import argparse
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import nbformat
 from nbconvert import HTMLExporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +24,15 @@ VENDOR = ROOT / "vendor"
 HTML = ROOT / "html"
 TEMPLATE = ROOT / "scripts" / "html_template" / "offline.html.j2"
 SCRIPTS = ("require.js", "embed-amd.js", "tex-svg-full.js")
+# A markdown link to a notebook beside this one, "](name.ipynb)" or "](name.ipynb#section)".
+NOTEBOOK_LINK = re.compile(r"\]\(([A-Za-z0-9_\-]+)\.ipynb(#[^)\s]*)?\)")
+
+
+def link_pages(notebook) -> None:
+    """Point the markdown links between notebooks at their HTML pages, in place."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            cell.source = NOTEBOOK_LINK.sub(lambda m: f"]({m.group(1)}.html{m.group(2) or ''})", cell.source)
 
 
 def export(notebooks: list[Path], out: Path) -> list[Path]:
@@ -37,7 +49,9 @@ def export(notebooks: list[Path], out: Path) -> list[Path]:
     )
     pages = []
     for path in notebooks:
-        body, _ = exporter.from_filename(str(path))
+        notebook = nbformat.read(path, as_version=4)
+        link_pages(notebook)
+        body, _ = exporter.from_notebook_node(notebook)
         pages.append(out / f"{path.stem}.html")
         pages[-1].write_text(body, encoding="utf-8")
     return pages

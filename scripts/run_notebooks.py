@@ -1,4 +1,4 @@
-"""Execute every numbered notebook in notebooks/ (then the appendices), in order, in place, each in a fresh kernel,
+"""Execute every numbered notebook in notebooks/ (then the appendices and the glossary), in order, in place, each in a fresh kernel,
 then export them to HTML in html/ (the offline edition, see export_html.py).
 
 This is the main job behind `make run`: the notebooks write their figures into figures/,
@@ -31,8 +31,8 @@ def execute(path: Path) -> float:
 
 
 def main() -> int:
-    # The chapters in order, then the appendices (A1_…).
-    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted(NOTEBOOKS.glob("A[0-9]_*.ipynb"))
+    # The chapters in order, then the appendices (A1_…), then the glossary (markdown only).
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted(NOTEBOOKS.glob("A[0-9]_*.ipynb")) + [NOTEBOOKS / "glossary.ipynb"]
     prefixes = sys.argv[1:]
     if prefixes:
         unknown = [prefix for prefix in prefixes if not any(path.name.startswith(prefix) for path in paths)]

@@ -27,3 +27,10 @@ def test_a_missing_notebook_is_named(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode != 0
     assert "expected existing .ipynb files" in result.stderr and "99_missing.ipynb" in result.stderr
+
+
+def test_links_between_notebooks_point_at_their_pages(tmp_path):
+    notebook = ROOT / "notebooks" / "04_out_of_distribution.ipynb"
+    subprocess.run([sys.executable, EXPORT, "--out", tmp_path, notebook], check=True, capture_output=True)
+    page = (tmp_path / "04_out_of_distribution.html").read_text()
+    assert 'href="glossary.html"' in page and 'href="glossary.ipynb"' not in page

@@ -40,6 +40,16 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
     assert pip_section == ["-e ."]
 
 
+def test_the_python_floor_is_one_the_code_runs_on():
+    """pyproject's requires-python admits no version the project's own code cannot import on:
+    tomllib (scripts/colab.py, these tests) is in the standard library from Python 3.11."""
+    floor = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert floor == ">=3.11", floor
+    uses_tomllib = [path.relative_to(ROOT) for folder in ("helpers", "scripts", "tests", "benchmarks")
+                    for path in (ROOT / folder).rglob("*.py") if re.search(r"^\s*import tomllib", path.read_text(), re.M)]
+    assert uses_tomllib, "nothing imports tomllib any more: the floor could go back to 3.10"
+
+
 def test_no_exact_torch_pins():
     """Colab's preinstalled torch must satisfy the requirements as they are."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
