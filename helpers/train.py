@@ -12,14 +12,14 @@ import dataclasses
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import load_digits, random_affine, random_pairs
+from .data import SOURCE_VARIABLE, SOURCES, default_source, load_digits, random_affine, random_pairs
 from .engine import fused
 from .engine.fused import training_loss
 from .losses import BendingLoss, DiffusionRegularizedNet
@@ -74,7 +74,7 @@ class TrainConfig:
     augment: float = 0.0
     seed: int = 0
     split: str = "train"
-    source: str = "bundled"
+    source: str = field(default_factory=default_source)
     paradigm: str = "unsupervised"
 
     def __post_init__(self):
@@ -86,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig needs steps >= 1, batch_size >= 1, registration_steps >= 1: {self}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"TrainConfig.source must be one of {SOURCES}, got {self.source!r}")
         if self.paradigm not in PARADIGMS:
             raise ValueError(f"TrainConfig.paradigm must be one of {PARADIGMS}, got {self.paradigm!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -296,14 +298,37 @@ def member_name(base: str, seed: int) -> str:
     return base if seed == 0 else f"{base}_seed_{seed}"
 
 
+def ensemble_path(name: str, source: str | None = None) -> Path:
+    """Where the network `name` of a recipe's ensemble is for the data `source` (default:
+    `helpers.data.default_source()`): the shipped file (`checkpoint_path`) for the bundled data
+    the shipped networks were trained on; for any other source, your own folder
+    (`my_checkpoint_path`), as NAME_SOURCE.pt, where `scripts/train_checkpoints.py` writes it."""
+    source = default_source() if source is None else source
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    return checkpoint_path(name) if source == "bundled" else my_checkpoint_path(f"{_checked_name(name)}_{source}")
+
+
 def load_ensemble(base: str, seeds=ENSEMBLE_SEEDS) -> list["TrainResult"]:
-    """The shipped networks of `base` (e.g. "fives") for every seed in `seeds`: the same recipe,
-    trained independently (different initial weights and pairs). Their configs must agree in
-    everything but the seed."""
+    """The networks of `base` (e.g. "fives") for every seed in `seeds`: the same recipe, trained
+    independently (different initial weights and pairs). Their configs must agree in everything
+    but the seed. They are the shipped ones, or, when $HELPERS_DATA_SOURCE names another data
+    source, the ones trained on it (`ensemble_path`), which must exist."""
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"load_ensemble needs at least one seed and no seed twice, got {seeds}")
-    members = [load_checkpoint(checkpoint_path(member_name(base, seed))) for seed in seeds]
+    source = default_source()
+    paths = [ensemble_path(member_name(base, seed), source) for seed in seeds]
+    missing = [path for path in paths if not path.exists()]
+    if source != "bundled" and missing:
+        raise FileNotFoundError(
+            f"no networks of {base!r} trained on the {source!r} data yet ({missing[0]} is missing): with "
+            f"${SOURCE_VARIABLE}={source} set, run `python scripts/train_checkpoints.py --group all --missing` "
+            "(or name the recipes you need) to train them")
+    members = [load_checkpoint(path) for path in paths]
+    if any(member.config.source != source for member in members):
+        raise CheckpointError(f"the networks of {base!r} were trained on {sorted({m.config.source for m in members})} data, "
+                              f"but the data source is {source!r} (${SOURCE_VARIABLE})")
     recipes = {dataclasses.replace(member.config, seed=0) for member in members}
     if len(recipes) != 1:
         raise CheckpointError(f"the checkpoints of {base!r} were trained with different recipes: {sorted(map(str, recipes))}")

@@ -12,6 +12,11 @@ batches of 128 pairs) except where its entry says otherwise: seed 0 under the re
 the seed-0 configuration itself and saves it under a name of its own (my_checkpoint_path), never
 here: this script is the only writer of helpers/checkpoints/.
 
+With HELPERS_DATA_SOURCE=mnist set, every recipe trains on the full MNIST instead (TrainConfig's
+source follows that variable) and is written to your own folder, runs/checkpoints/NAME_mnist.pt
+(helpers.train.ensemble_path), where load_ensemble then looks: the shipped files are never
+replaced.
+
 Chapter 05 adds: `twos` (a third training digit); `fives_single_step` (the same inner network
 acting once instead of nine times, same optimiser steps and batch size); and a λ sweep of both
 (`fives_lambda_*` and `fives_single_step_lambda_*`; λ = 0.05 is `fives` / `fives_single_step`).
@@ -32,8 +37,8 @@ import torch
 from helpers.analysis import trace_steps
 from helpers.data import evaluation_pairs
 from helpers.supervised import target_bank, train_supervised
-from helpers.train import (ENSEMBLE_SEEDS, TrainConfig, checkpoint_path, load_checkpoint, member_name,
-                           save_checkpoint, train)
+from helpers.train import (ENSEMBLE_SEEDS, TrainConfig, checkpoint_path, ensemble_path, load_checkpoint,
+                           member_name, save_checkpoint, train)
 
 LAMBDA_SWEEP = (0.0125, 0.2, 0.8)  # besides the post's 0.05
 
@@ -144,15 +149,15 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown checkpoint(s) {unknown}; expected names from {sorted(CHECKPOINTS)}")
     if args.missing and not args.check:
-        names = [name for name in names if not checkpoint_path(name).exists()]
+        names = [name for name in names if not ensemble_path(name).exists()]
     failed = False
     for name in names:
         started = time.perf_counter()
         result = train_recipe(CHECKPOINTS[name])
         seconds = time.perf_counter() - started
-        path = checkpoint_path(name)
+        path = ensemble_path(name)   # the shipped file for the bundled data; runs/checkpoints/NAME_mnist.pt for the full MNIST
         if not args.check:
-            save_checkpoint(path, result, weights=weights_format(name), shipped=True)
+            save_checkpoint(path, result, weights=weights_format(name), shipped=path == checkpoint_path(name))
             print(f"wrote {path} (trained in {seconds:.0f} s)", flush=True)
             continue
         shipped = load_checkpoint(path)

@@ -8,6 +8,11 @@ Two sources:
 * ``"mnist"`` (opt-in): the full MNIST via ``torchvision.datasets.MNIST``, read from
   ``root``, by default ``$HELPERS_MNIST_ROOT`` or else ``~/.cache/helpers/mnist``.
 
+The default source is ``"bundled"``; setting the environment variable ``HELPERS_DATA_SOURCE=mnist``
+(read in one place, `default_source`) makes ``"mnist"`` the default of every loader, of
+`helpers.train.TrainConfig` and of the networks `helpers.train.load_ensemble` looks for, so that
+the chapters run on the post's data with that one setting.
+
 Each digit's images are split by their position among that digit's images, in file order:
 
 ============== ============================ =========================================
@@ -38,6 +43,7 @@ import torch
 
 SPLITS = ("train", "classifier", "heldout")
 SOURCES = ("bundled", "mnist")
+SOURCE_VARIABLE = "HELPERS_DATA_SOURCE"
 
 BUNDLED_FILE = Path(__file__).with_name("mnist_5k.npz")
 #: SHA-256 of ``images.tobytes() + labels.tobytes()`` (C-order uint8) of the bundled file.
@@ -79,11 +85,19 @@ def load_bundled() -> tuple[np.ndarray, np.ndarray]:
     return images.copy(), labels.copy()
 
 
+def default_source() -> str:
+    """The data source used when none is named: ``$HELPERS_DATA_SOURCE`` if set, else "bundled"."""
+    source = os.environ.get(SOURCE_VARIABLE, "bundled")
+    if source not in SOURCES:
+        raise ValueError(f"${SOURCE_VARIABLE} is {source!r}; expected one of {SOURCES} (or unset it for 'bundled')")
+    return source
+
+
 def load_digits(
     digit: int,
     split: str = "train",
     *,
-    source: str = "bundled",
+    source: str | None = None,
     root: str | os.PathLike | None = None,
     download: bool = False,
 ) -> torch.Tensor:
@@ -92,7 +106,8 @@ def load_digits(
     Args:
         digit: the label, an int in 0..9.
         split: one of ``SPLITS``.
-        source: ``"bundled"`` (500 images per digit) or ``"mnist"`` (full MNIST).
+        source: ``"bundled"`` (500 images per digit) or ``"mnist"`` (full MNIST); None (the
+            default) is `default_source()`.
         root: full-MNIST directory, holding ``MNIST/raw/<IDX files>``; default
             ``$HELPERS_MNIST_ROOT`` or ``~/.cache/helpers/mnist``. Ignored for ``"bundled"``.
         download: let torchvision download the full MNIST into ``root`` if missing.
@@ -106,6 +121,7 @@ def load_digits(
         raise ValueError(f"digit must be an int in 0..9, got {digit!r}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    source = default_source() if source is None else source
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
 
