@@ -1,7 +1,8 @@
-"""The step scrubber: drag a slider through the steps of a multi-step registration.
+"""Sliders that redraw a registration: through the steps of a multi-step one (`StepScrubber`),
+or through the values of λ for the per-pair optimiser (`LambdaScrubber`, chapter 01).
 
-Core ipywidgets only (IntSlider, Output), so it works in JupyterLab, Notebook and Colab
-without a custom widget manager. The drawing is plain matplotlib on one Figure whose
+Core ipywidgets only (IntSlider, SelectionSlider, Output), so they work in JupyterLab, Notebook
+and Colab without a custom widget manager. The drawing is plain matplotlib on one Figure whose
 artists are updated in place; `tests/` drive it by setting slider values.
 """
 
@@ -84,6 +85,74 @@ class StepScrubber:
             "difference": np.asarray(self.artists["difference"].get_array()),
             "grid_rows": np.stack([line.get_ydata() for line in self.artists["grid"][: self.fixed.shape[-2] // 2]]),
             "displacement_u": np.asarray(self.artists["displacement"].U),
+            "title": self.title.get_text(),
+        }
+
+    def _ipython_display_(self) -> None:
+        display(self.widget)
+
+
+class LambdaScrubber:
+    """The per-pair optimiser's result for one pair, redrawn for each λ of a sweep: the warped
+    moving image, its difference to the fixed image, and the deformation grid over the moving
+    image, titled with that λ's similarity loss, regulariser and folded cells.
+
+    results: {λ: helpers.losses.Registration} for the same pairs (e.g. from
+    `helpers.classical.register_pairwise` run once per λ); moving, fixed: those pairs'
+    images [B, 1, H, W]; pair: which pair to show; value: the λ shown first.
+    """
+
+    def __init__(self, results: dict, moving, fixed, pair: int = 0, value=None):
+        if not results:
+            raise ValueError("results is empty: pass {λ: registration} for at least one λ")
+        lambdas = sorted(results)
+        if value is None:
+            value = lambdas[0]
+        if value not in results:
+            raise ValueError(f"value must be one of the swept λ {lambdas}, got {value!r}")
+        if not 0 <= pair < len(moving):
+            raise ValueError(f"pair must be in 0..{len(moving) - 1}, got {pair!r}")
+        self.results, self.moving, self.fixed, self.pair = results, moving, fixed, pair
+        self.slider = widgets.SelectionSlider(options=[(f"{l:g}", l) for l in lambdas], value=value, description="λ",
+                                              continuous_update=True)
+        self.output = widgets.Output()
+        self.figure = Figure(figsize=(8, 2.9))
+        axes = self.figure.subplots(1, 3)
+        first = results[value]
+        self.artists = {
+            "warped": show_image(axes[0], first.warped_image_A[pair], "warped moving"),
+            "difference": show_difference(axes[1], first.warped_image_A[pair], fixed[pair]),
+            "grid": show_grid(axes[2], first.phi_AB_vectorfield[pair], "grid over the moving image", background=moving[pair]),
+        }
+        self.title = self.figure.suptitle("", fontsize=10)
+        self.slider.observe(lambda change: self.render(), names="value")
+        self.widget = widgets.VBox([self.slider, self.output])
+        self.render()
+
+    def render(self) -> None:
+        """Redraw for the slider's λ, then show the figure in the Output."""
+        lmbda, pair = self.slider.value, self.pair
+        result = self.results[lmbda]
+        warped = to_numpy(result.warped_image_A[pair, 0])
+        self.artists["warped"].set_data(warped)
+        self.artists["difference"].set_data(warped - to_numpy(self.fixed[pair, 0]))
+        for line, (x, y) in zip(self.artists["grid"], grid_lines(result.phi_AB_vectorfield[pair])):
+            line.set_data(x, y)
+        losses = result.losses
+        self.title.set_text(f"λ = {lmbda:g}: similarity loss {float(losses.similarity_loss[pair]):.4f}, "
+                            f"regulariser {float(losses.bending_energy_loss[pair]):.2f}, folded cells {float(losses.flips[pair]):.0f}")
+        png = io.BytesIO()
+        self.figure.savefig(png, format="png")
+        self.output.clear_output(wait=True)
+        with self.output:
+            display(Image(data=png.getvalue(), format="png"))
+
+    def shown_arrays(self) -> dict:
+        """What is drawn now, as arrays (for tests)."""
+        return {
+            "warped": np.asarray(self.artists["warped"].get_array()),
+            "difference": np.asarray(self.artists["difference"].get_array()),
+            "grid_rows": np.stack([line.get_ydata() for line in self.artists["grid"][: self.fixed.shape[-2] // 2]]),
             "title": self.title.get_text(),
         }
 

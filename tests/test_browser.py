@@ -227,7 +227,7 @@ class JupyterLab:
 
 @pytest.fixture(scope="module")
 def lab(browser, tmp_path_factory):
-    server = JupyterLab(tmp_path_factory.mktemp("lab"), ["03_training_on_fives.ipynb", "04_out_of_distribution.ipynb"])
+    server = JupyterLab(tmp_path_factory.mktemp("lab"), [f"{name}.ipynb" for name, *_ in SLIDERS])
     yield server
     server.stop()
     assert server.server.returncode is not None and not any(map(is_running, server.kernels))
@@ -318,8 +318,17 @@ def run_all_cells(page, lab, notebook: str) -> list[str]:
     return prompts
 
 
-@pytest.mark.parametrize("notebook", ["03_training_on_fives", "04_out_of_distribution"])
-def test_notebook_runs_in_jupyterlab_and_the_slider_redraws(browser, lab, notebook):
+# The notebooks with a slider: (notebook, the slider's label, its readout before and after three ArrowRight presses).
+SLIDERS = [
+    ("01_registration_background", "λ", "0.05", "0.5"),         # the per-pair optimiser, redrawn for each λ
+    ("03_training_on_fives", "step", "0", "3"),
+    ("04_out_of_distribution", "step", "0", "3"),
+    ("05_hunting_the_inner_objective", "step", "0", "3"),        # 64 steps, past the nine it was trained for
+]
+
+
+@pytest.mark.parametrize(("notebook", "label", "start", "after"), SLIDERS)
+def test_notebook_runs_in_jupyterlab_and_the_slider_redraws(browser, lab, notebook, label, start, after):
     with offline_page(browser, f"{notebook}_lab") as tab:
         page = tab.page
         page.goto(f"{lab.url}/lab/workspaces/{notebook}/tree/{notebook}.ipynb")
@@ -329,15 +338,15 @@ def test_notebook_runs_in_jupyterlab_and_the_slider_redraws(browser, lab, notebo
         errors = page.locator(ERROR_OUTPUT)
         assert errors.count() == 0, errors.first.inner_text()
 
-        slider = page.locator(".widget-slider", has=page.locator("label", has_text=re.compile("^step$")))
+        slider = page.locator(".widget-slider", has=page.locator("label", has_text=re.compile(f"^{label}$")))
         slider.scroll_into_view_if_needed()
         readout = slider.locator(".widget-readout")
-        expect(readout).to_have_text("0")
+        expect(readout).to_have_text(start)
         before = page.evaluate(SCRUBBER_IMAGE_JS)
         slider.locator(".noUi-handle").focus()
         for _ in range(3):
             page.keyboard.press("ArrowRight")
-        expect(readout).to_have_text("3")
+        expect(readout).to_have_text(after)
         changed = f"before => {SCRUBBER_IMAGE_JS} !== before && {SCRUBBER_IMAGE_JS}"
         after = page.wait_for_function(changed, arg=before, timeout=60_000).json_value()
         assert after.startswith("data:image/png;base64,") and after != before

@@ -11,7 +11,9 @@ import torch
 from helpers.analysis import trace_steps
 from conftest import perturbed_post_network
 from helpers.plotting import grid_lines, plot_steps
-from helpers.widgets import StepScrubber
+from helpers.classical import register_pairwise
+from helpers.data import load_digits
+from helpers.widgets import LambdaScrubber, StepScrubber
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +64,32 @@ def test_static_small_multiples(scrubbed):
     fig = plot_steps(trace, fixed, pair=1)
     assert len(fig.axes) == 30
     np.testing.assert_array_equal(fig.axes[4].images[0].get_array(), trace.warped[4, 1, 0].numpy())
+
+
+@pytest.fixture(scope="module")
+def swept():
+    fives = load_digits(5, "heldout")
+    moving, fixed = fives[:2], fives[2:4]
+    results = {lmbda: register_pairwise(moving, fixed, lmbda=lmbda, iterations=30, lr=1e-2).registration for lmbda in (0.0, 0.05, 5.0)}
+    return LambdaScrubber(results, moving, fixed, pair=1, value=0.05), results, moving, fixed
+
+
+@pytest.mark.parametrize("lmbda", [0.05, 0.0, 5.0])
+def test_the_lambda_slider_redraws_that_lambdas_result(swept, lmbda):
+    scrubber, results, moving, fixed = swept
+    assert [value for _, value in scrubber.slider.options] == [0.0, 0.05, 5.0]
+    scrubber.slider.value = lmbda
+    shown, result = scrubber.shown_arrays(), results[lmbda]
+    np.testing.assert_array_equal(shown["warped"], result.warped_image_A[1, 0].numpy())
+    np.testing.assert_allclose(shown["difference"], result.warped_image_A[1, 0].numpy() - fixed[1, 0].numpy())
+    expected_rows = np.stack([y for _, y in grid_lines(result.phi_AB_vectorfield[1])[: len(shown["grid_rows"])]])
+    np.testing.assert_allclose(shown["grid_rows"], expected_rows)
+    assert shown["title"].startswith(f"λ = {lmbda:g}: similarity loss {float(result.losses.similarity_loss[1]):.4f}")
+
+
+def test_the_lambda_slider_refuses_what_was_not_swept(swept):
+    _, results, moving, fixed = swept
+    with pytest.raises(ValueError, match=r"value must be one of the swept λ \[0.0, 0.05, 5.0\], got 0.1"):
+        LambdaScrubber(results, moving, fixed, value=0.1)
+    with pytest.raises(ValueError, match="results is empty"):
+        LambdaScrubber({}, moving, fixed)
