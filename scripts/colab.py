@@ -1,11 +1,18 @@
-"""Give every notebook an "Open in Colab" badge and a first cell that installs helpers there.
+"""Give every notebook a first cell that installs helpers in Colab, and an "Open in Colab" badge
+once the repository has a public URL.
 
-    python scripts/colab.py           # write the two cells into each notebook (idempotent)
-    python scripts/colab.py --check   # exit 1 if any notebook's cells disagree with the URL
+    python scripts/colab.py           # write the cells into each notebook (idempotent)
+    python scripts/colab.py --check   # exit 1 if any notebook's cells are missing or stale
+
+The setup cell needs no URL: in Colab (or any Jupyter where `helpers` cannot be imported) it
+looks for this collection in the working directory, its parents and three levels below it (where
+a clone or an upload lands, e.g. /content/REPO or /content/drive/MyDrive/REPO), installs helpers
+from that folder with pip (the preinstalled torch satisfies the requirements and is kept), and
+otherwise says in one sentence what to do. Where helpers is importable (`make lab`) it does nothing.
 
 The repository's public URL lives in one place, pyproject.toml's [project.urls] Repository
-(e.g. "https://github.com/OWNER/REPO"); the badges and install cells are made from it. After
-writing, execute the notebooks again (`make run`) so that they stay committed executed.
+(e.g. "https://github.com/OWNER/REPO"); the badges are made from it, and only when it is set.
+After writing, execute the notebooks again (`make run`) so that they stay committed executed.
 """
 
 import argparse
@@ -18,36 +25,60 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 BADGE_MARK = "<!-- colab-badge -->"
-INSTALL_MARK = "# colab-install"
+SETUP_MARK = "# colab-setup"
+OLD_MARKS = ("# colab-install",)  # the install cell this script wrote before the setup cell
+PACKAGE = "mesa-registration-helpers"
+
+SETUP = f'''{SETUP_MARK}: in Colab (or wherever `helpers` is missing), install it from this collection's folder.
+import importlib.util, pathlib, subprocess, sys
+
+if importlib.util.find_spec("helpers") is None:
+    here = pathlib.Path.cwd()
+    near = [here, *here.parents, *(p.parent for depth in ("*/", "*/*/", "*/*/*/") for p in sorted(here.glob(depth + "pyproject.toml")))]
+    root = next((p for p in near if (p / "helpers" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()
+                 and 'name = "{PACKAGE}"' in (p / "pyproject.toml").read_text()), None)
+    if root is None:
+        raise ModuleNotFoundError("helpers is not installed and this collection is not in the working directory or below it: "
+                                  "clone or upload the whole repository (helpers/ and pyproject.toml with it) and run this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(root)], check=True)  # keeps the installed torch
+    importlib.invalidate_caches()
+    print(f"installed helpers from {{root}}")'''
 
 
-def repository(root: Path) -> str:
-    """owner/name of the GitHub repository named in pyproject.toml."""
+def repository(root: Path) -> str | None:
+    """owner/name of the GitHub repository named in pyproject.toml, or None while there is none."""
     urls = tomllib.loads((root / "pyproject.toml").read_text())["project"].get("urls", {})
     url = urls.get("Repository")
     if url is None:
-        raise SystemExit(
-            'pyproject.toml has no [project.urls] Repository = "https://github.com/OWNER/REPO": '
-            "set it to this collection's public repository first"
-        )
+        return None
     match = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+?)(\.git)?/?", url)
     if match is None:
         raise SystemExit(f"[project.urls] Repository must be https://github.com/OWNER/REPO, got {url!r}")
     return match.group(1)
 
 
-def cells(repo: str, notebook: Path):
+def notebooks(root: Path) -> list[Path]:
+    """Every notebook with code: the chapters, the appendices and the solutions (not the glossary)."""
+    folder = root / "notebooks"
+    return (sorted(folder.glob("[0-9][0-9]_*.ipynb")) + sorted(folder.glob("A[0-9]_*.ipynb"))
+            + sorted((root / "solutions").glob("*.ipynb")))
+
+
+def cells(repo: str | None, root: Path, notebook: Path) -> list:
+    """The cells this script owns, in the order they open the notebook."""
+    setup = nbformat.v4.new_code_cell(SETUP)
+    if repo is None:
+        return [setup]
+    where = notebook.relative_to(root).as_posix()
     badge = (
         f"{BADGE_MARK}\n[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-        f"(https://colab.research.google.com/github/{repo}/blob/main/notebooks/{notebook.name})"
+        f"(https://colab.research.google.com/github/{repo}/blob/main/{where})"
     )
-    install = (
-        f"{INSTALL_MARK}: in Colab, install this collection's helpers; elsewhere, do nothing.\n"
-        "import sys\n\n"
-        'if "google.colab" in sys.modules:\n'
-        f'    %pip install --quiet "mesa-registration-helpers @ git+https://github.com/{repo}"'
-    )
-    return nbformat.v4.new_markdown_cell(badge), nbformat.v4.new_code_cell(install)
+    return [nbformat.v4.new_markdown_cell(badge), setup]
+
+
+def ours(cell) -> bool:
+    return cell.source.startswith((BADGE_MARK, SETUP_MARK, *OLD_MARKS))
 
 
 def main() -> int:
@@ -57,20 +88,23 @@ def main() -> int:
     args = parser.parse_args()
     repo = repository(args.root)
     stale = []
-    for path in sorted((args.root / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in notebooks(args.root):
         notebook = nbformat.read(path, as_version=4)
-        badge, install = cells(repo, path)
-        ours = [c for c in notebook.cells if c.source.startswith((BADGE_MARK, INSTALL_MARK))]
-        if [c.source for c in notebook.cells[:2]] == [badge.source, install.source] and len(ours) == 2:
+        wanted = cells(repo, args.root, path)
+        head = notebook.cells[: len(wanted)]
+        if ([c.cell_type for c in head], [c.source for c in head]) == ([c.cell_type for c in wanted], [c.source for c in wanted]) \
+                and sum(map(ours, notebook.cells)) == len(wanted):
             continue
-        stale.append(path.name)
+        stale.append(path.relative_to(args.root).as_posix())
         if not args.check:
-            notebook.cells = [badge, install] + [c for c in notebook.cells if c not in ours]
+            notebook.cells = wanted + [c for c in notebook.cells if not ours(c)]
             nbformat.write(notebook, path)
     if args.check and stale:
         print("Colab cells missing or stale in: " + ", ".join(stale) + " (run python scripts/colab.py)")
         return 1
     print(("wrote " if stale else "up to date: ") + (", ".join(stale) or "every notebook"))
+    if repo is None:
+        print("no [project.urls] Repository in pyproject.toml yet: setup cells only, no Colab badges")
     return 0
 
 

@@ -105,23 +105,42 @@ def test_colab_cells_agree_with_the_repository_url():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_colab_script_writes_a_badge_and_an_install_cell(tmp_path):
-    (tmp_path / "notebooks").mkdir()
+def test_colab_script_writes_a_setup_cell_and_a_badge_once_there_is_a_url(tmp_path):
+    for folder in ("notebooks", "solutions"):
+        (tmp_path / folder).mkdir()
     shutil.copy(ROOT / "notebooks" / "02_mlp_and_multistep.ipynb", tmp_path / "notebooks")
-    pyproject = '[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/someone/collection"\n'
-    (tmp_path / "pyproject.toml").write_text(pyproject)
+    shutil.copy(ROOT / "notebooks" / "glossary.ipynb", tmp_path / "notebooks")
+    with_setup = tmp_path / "notebooks" / "02_mlp_and_multistep.ipynb"
+    original = json.loads(with_setup.read_text())["cells"]
+    original = [cell for cell in original if not "".join(cell["source"]).startswith("# colab-setup")]
+    with_setup.write_text(json.dumps({**json.loads(with_setup.read_text()), "cells": original}))
+    shutil.copy(with_setup, tmp_path / "solutions" / "02_mlp_and_multistep.ipynb")
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
+
+    def first_cells(folder):
+        cells = json.loads((tmp_path / folder / "02_mlp_and_multistep.ipynb").read_text())["cells"]
+        return ["".join(cell["source"]) for cell in cells]
 
     assert run_colab("--root", str(tmp_path), "--check").returncode == 1
     assert run_colab("--root", str(tmp_path)).returncode == 0
     assert run_colab("--root", str(tmp_path), "--check").returncode == 0
+    for folder in ("notebooks", "solutions"):
+        cells = first_cells(folder)
+        assert cells[0].startswith("# colab-setup") and cells[1:] == ["".join(c["source"]) for c in original]
+    assert "colab-setup" not in (tmp_path / "notebooks" / "glossary.ipynb").read_text(), "the glossary has no code"
+
+    pyproject = '[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/someone/collection"\n'
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    assert run_colab("--root", str(tmp_path), "--check").returncode == 1
+    assert run_colab("--root", str(tmp_path)).returncode == 0
     assert run_colab("--root", str(tmp_path)).returncode == 0  # idempotent
-    cells = json.loads((tmp_path / "notebooks" / "02_mlp_and_multistep.ipynb").read_text())["cells"]
-    badge, install = ("".join(cell["source"]) for cell in cells[:2])
-    assert "colab.research.google.com/github/someone/collection/blob/main/notebooks/02_mlp_and_multistep.ipynb" in badge
-    assert 'if "google.colab" in sys.modules:' in install and "git+https://github.com/someone/collection" in install
-    assert sum("colab-badge" in "".join(cell["source"]) for cell in cells) == 1
+    assert run_colab("--root", str(tmp_path), "--check").returncode == 0
+    for folder in ("notebooks", "solutions"):
+        cells = first_cells(folder)
+        assert f"colab.research.google.com/github/someone/collection/blob/main/{folder}/02_mlp_and_multistep.ipynb" in cells[0]
+        assert cells[1].startswith("# colab-setup") and sum("colab-badge" in cell for cell in cells) == 1
 
     (tmp_path / "pyproject.toml").write_text(pyproject.replace("someone", "another"))
     assert run_colab("--root", str(tmp_path), "--check").returncode == 1
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n')
-    assert "no [project.urls] Repository" in run_colab("--root", str(tmp_path)).stderr
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[project.urls]\nRepository = "https://example.org/x"\n')
+    assert "must be https://github.com/OWNER/REPO" in run_colab("--root", str(tmp_path)).stderr
