@@ -140,7 +140,7 @@ def ensemble_drift(traces: list, model: torch.nn.Module, digit: int) -> Drift:
     return Drift(*(torch.stack(field) for field in zip(*drifts)))
 
 
-# --- Hunting the inner objective (chapter 05) -------------------------------------------------
+# --- Hunting the inner objective (chapters 05 and 06) ---------------------------------------
 #
 # A candidate objective is a function of a registration (φ, its grid, the warped image, every
 # loss field; see `helpers.losses.Registration`) returning one value per pair, lower = better.

@@ -1,4 +1,4 @@
-"""Controls for the 7 → 5 drift (chapter 06): inputs on which any pull toward a 5 cannot be alignment.
+"""Controls for the 7 → 5 drift (chapter 07): inputs on which any pull toward a 5 cannot be alignment.
 
 * `control_pairs`: the same moving images against fixed images that leave nothing to align to
   a 5: the moving image itself (the loss is smallest at the identity), a blank image, noise.

@@ -1,4 +1,4 @@
-"""Three ways to solve registration, run side by side on the same pairs (chapter 06).
+"""Three ways to solve registration, run side by side on the same pairs (chapter 07).
 
 * the **per-pair optimiser** (`helpers.classical`): a search for each pair's field, whose
   objective we know because we wrote it;
@@ -28,7 +28,7 @@ from .coordinates import identity_map
 
 OPTIMISER = "per-pair optimiser"
 
-# The methods of chapter 06's comparison: label -> the shipped recipe (helpers.train.load_ensemble)
+# The methods of chapter 07's comparison: label -> the shipped recipe (helpers.train.load_ensemble)
 # or OPTIMISER. All use the same data (training 5s), similarity (SSD) and λ = 0.05.
 METHODS = {
     "per-pair optimiser": OPTIMISER,

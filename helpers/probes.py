@@ -1,4 +1,4 @@
-"""Looking inside the weights (chapter 06), each probe with the control it needs.
+"""Looking inside the weights (chapter 08), each probe with the control it needs.
 
 Interpretability probes can score well on networks that learned nothing: a random projection of
 the input already carries much of what a linear probe asks for. So every probe here is meant to

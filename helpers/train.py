@@ -58,7 +58,7 @@ class TrainConfig:
     (benchmarks/RESULTS.md, part b).
     `paradigm` is how the network learns: "unsupervised" (the post's: through the loss,
     by `train`) or "supervised" (Quicksilver's: imitating the fields a per-pair optimiser
-    found with this λ, by `helpers.supervised.train_supervised`; chapter 06).
+    found with this λ, by `helpers.supervised.train_supervised`; chapter 07).
     """
 
     digit: int = 5

@@ -32,15 +32,21 @@ PACKAGE = "mesa-registration-helpers"
 SETUP = f'''{SETUP_MARK}: in Colab (or wherever `helpers` is missing), install it from this collection's folder.
 import importlib.util, pathlib, subprocess, sys
 
+
+def _is_collection(folder):
+    project = folder / "pyproject.toml"
+    return project.is_file() and 'name = "{PACKAGE}"' in project.read_text() and (folder / "helpers").is_dir()
+
+
 if importlib.util.find_spec("helpers") is None:
     here = pathlib.Path.cwd()
-    near = [here, *here.parents, *(p.parent for depth in ("*/", "*/*/", "*/*/*/") for p in sorted(here.glob(depth + "pyproject.toml")))]
-    root = next((p for p in near if (p / "helpers" / "__init__.py").is_file() and (p / "pyproject.toml").is_file()
-                 and 'name = "{PACKAGE}"' in (p / "pyproject.toml").read_text()), None)
+    below = (path.parent for depth in ("*/", "*/*/", "*/*/*/") for path in sorted(here.glob(depth + "pyproject.toml")))
+    root = next((folder for folder in (here, *here.parents, *below) if _is_collection(folder)), None)
     if root is None:
-        raise ModuleNotFoundError("helpers is not installed and this collection is not in the working directory or below it: "
-                                  "clone or upload the whole repository (helpers/ and pyproject.toml with it) and run this cell again.")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(root)], check=True)  # keeps the installed torch
+        raise ModuleNotFoundError(
+            "helpers is not installed and this collection is not in the working directory or below it: "
+            "clone or upload the whole repository (with helpers/ and pyproject.toml) and run this cell again.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", str(root)], check=True)  # keeps Colab's torch
     importlib.invalidate_caches()
     print(f"installed helpers from {{root}}")'''
 

@@ -3,8 +3,9 @@
     python scripts/export_html.py [--out html] notebooks/03_training_on_fives.ipynb ...
 
 Each notebook becomes OUT/NAME.html with its saved widget state embedded, so that a reader
-without a kernel can move the step slider through what the notebook computed. Links between
-the notebooks (`[glossary](glossary.ipynb)`) are pointed at the pages (`glossary.html`). require.js, the
+without a kernel can move the step slider through what the notebook computed (`make run` puts the
+solutions in OUT/solutions/). Links between the notebooks (`[glossary](glossary.ipynb)`,
+`[solutions](../solutions/NAME.ipynb)`) are pointed at the pages (`glossary.html`, `solutions/NAME.html`). require.js, the
 Jupyter widgets HTML manager and MathJax (which typesets the formulas) are copied from vendor/
 into OUT and loaded from there, not from a CDN. `make run` calls this after executing the
 notebooks.
@@ -24,15 +25,20 @@ VENDOR = ROOT / "vendor"
 HTML = ROOT / "html"
 TEMPLATE = ROOT / "scripts" / "html_template" / "offline.html.j2"
 SCRIPTS = ("require.js", "embed-amd.js", "tex-svg-full.js")
-# A markdown link to a notebook beside this one, "](name.ipynb)" or "](name.ipynb#section)".
-NOTEBOOK_LINK = re.compile(r"\]\(([A-Za-z0-9_\-]+)\.ipynb(#[^)\s]*)?\)")
+# A markdown link to a notebook beside this one, "](name.ipynb)" or "](name.ipynb#section)", or in the
+# other folder: a chapter links its solutions as "](../solutions/name.ipynb)", a solution its chapter as
+# "](../notebooks/name.ipynb)".
+NOTEBOOK_LINK = re.compile(r"\]\((\.\./(?:notebooks|solutions)/)?([A-Za-z0-9_\-]+)\.ipynb(#[^)\s]*)?\)")
+# Where the pages of the other folder lie, seen from a page: chapters in OUT/, solutions in OUT/solutions/.
+PAGE_FOLDER = {None: "", "../solutions/": "solutions/", "../notebooks/": "../"}
 
 
 def link_pages(notebook) -> None:
     """Point the markdown links between notebooks at their HTML pages, in place."""
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
-            cell.source = NOTEBOOK_LINK.sub(lambda m: f"]({m.group(1)}.html{m.group(2) or ''})", cell.source)
+            cell.source = NOTEBOOK_LINK.sub(
+                lambda m: f"]({PAGE_FOLDER[m.group(1)]}{m.group(2)}.html{m.group(3) or ''})", cell.source)
 
 
 def export(notebooks: list[Path], out: Path) -> list[Path]:

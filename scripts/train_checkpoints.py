@@ -2,7 +2,7 @@
 
     python scripts/train_checkpoints.py fives sevens_seed_2   # write helpers/checkpoints/*.pt
     python scripts/train_checkpoints.py sevens --check        # retrain, compare with the shipped file
-    python scripts/train_checkpoints.py --group chapter05     # every checkpoint chapter 05 loads
+    python scripts/train_checkpoints.py --group chapter05     # every checkpoint chapters 05 and 06 load
     python scripts/train_checkpoints.py --group all           # every shipped network
 
 Every recipe below ships for each seed in helpers.train.ENSEMBLE_SEEDS, on the training split of
@@ -17,11 +17,11 @@ source follows that variable) and is written to your own folder, runs/checkpoint
 (helpers.train.ensemble_path), where load_ensemble then looks: the shipped files are never
 replaced.
 
-Chapter 05 adds: `twos` (a third training digit); `fives_single_step` (the same inner network
+Chapters 05 and 06 add: `twos` (a third training digit); `fives_single_step` (the same inner network
 acting once instead of nine times, same optimiser steps and batch size); and a λ sweep of both
 (`fives_lambda_*` and `fives_single_step_lambda_*`; λ = 0.05 is `fives` / `fives_single_step`).
 
-Chapter 06 adds the supervised paradigm: `fives_supervised` and `fives_supervised_single_step`,
+Chapter 07 adds the supervised paradigm: `fives_supervised` and `fives_supervised_single_step`,
 the same networks trained to imitate the per-pair optimiser's fields on training 5s
 (helpers.supervised; the targets are computed once per run of this script, about a minute).
 """
@@ -81,7 +81,7 @@ assert set(EVERY) == set(CHECKPOINTS)
 GROUPS = {
     "chapter04": members("fives", "sevens"),
     "chapter05": members(*SINGLE_STEP, *NINE_STEPS),
-    "chapter06": members("fives_single_step", "fives", *SUPERVISED),
+    "chapter07": members("fives_single_step", "fives", *SUPERVISED),
     "all": EVERY,
 }
 

@@ -323,7 +323,7 @@ SLIDERS = [
     ("01_registration_background", "λ", "0.05", "0.5"),         # the per-pair optimiser, redrawn for each λ
     ("03_training_on_fives", "step", "0", "3"),
     ("04_out_of_distribution", "step", "0", "3"),
-    ("05_hunting_the_inner_objective", "step", "0", "3"),        # 64 steps, past the nine it was trained for
+    ("05_generality_and_optimisation", "step", "0", "3"),        # 64 steps, past the nine it was trained for
 ]
 
 

@@ -71,7 +71,7 @@ def test_the_setup_cell_installs_helpers_from_a_clone_and_keeps_torch(colab):
     missing = run(python, content, "-c", source)                  # nothing uploaded yet
     assert missing.returncode != 0
     message = missing.stderr.strip().splitlines()[-1]
-    assert message.startswith("ModuleNotFoundError: helpers is not installed") and "clone or upload the whole repository" in message
+    assert message.startswith("ModuleNotFoundError: helpers is not installed") and "clone or upload the whole repository" in message, message
 
     clone = content / "collection"                               # as a clone or an upload lands in /content
     clone.mkdir()

@@ -1,6 +1,6 @@
 """Numbers come from the code, by construction; and nbval checks only what no processor changes.
 
-1. A chapter's prose (its markdown cells) quotes no result: no decimal number or percentage
+1. A chapter's prose (its markdown cells), and a worked solution's, quotes no result: no decimal number or percentage
    appears outside maths ($…$) and code (`…`), except the few constants listed below. Sentences
    that quote results are rendered by a code cell from the values it computed (an
    `IPython.display.Markdown` output), so they cannot go stale when the notebook is re-executed
@@ -16,20 +16,21 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"\d+\.\d+%?|\d+%")
 # Numbers in the prose that are not results, per notebook, with the words around them.
 NOT_RESULTS = {
-    "02_mlp_and_multistep.ipynb": {"1703.10908": "arXiv:1703.10908"},
-    "03_training_on_fives.ipynb": {"75%": "with the 25–75% band"},
-    "04_out_of_distribution.ipynb": {"1906.01820": "arXiv:1906.01820"},
-    "06_three_paradigms_and_controls.ipynb": {"1703.10908": "arXiv:1703.10908"},
+    "notebooks/02_mlp_and_multistep.ipynb": {"1703.10908": "arXiv:1703.10908"},
+    "notebooks/03_training_on_fives.ipynb": {"75%": "with the 25–75% band"},
+    "notebooks/04_out_of_distribution.ipynb": {"1906.01820": "arXiv:1906.01820"},
+    "notebooks/07_three_paradigms_and_controls.ipynb": {"1703.10908": "arXiv:1703.10908"},
 }
-NAMES = sorted(path.name for path in NOTEBOOKS.glob("*.ipynb"))
+# The chapters and their worked solutions.
+NAMES = sorted(path.relative_to(ROOT).as_posix() for folder in ("notebooks", "solutions") for path in (ROOT / folder).glob("*.ipynb"))
 
 
 def cells(name):
-    return json.loads((NOTEBOOKS / name).read_text())["cells"]
+    return json.loads((ROOT / name).read_text())["cells"]
 
 
 def prose_numbers(source: str) -> list[str]:
