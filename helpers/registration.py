@@ -131,8 +131,10 @@ class TwoStepRegistration(RegistrationModule):
     """φ = netPhi(A, B); ψ = netPsi(A ∘ φ, B); the result is φ ∘ ψ.
 
     (The attribute names are icon_registration's, so state dicts keep its keys.)
-    netPsi sees the *original* moving image warped once by φ (never a warp of
-    a warp), and its transform is applied before φ: x ↦ φ(ψ(x)).
+    netPsi sees the *original* moving image warped once by φ, and its transform is
+    applied before φ: x ↦ φ(ψ(x)). (If netPsi is itself a nested registration, its own
+    later calls warp that image again: nest to the left, as the post does, to keep every
+    call's input one warp of the original.)
     """
 
     def __init__(self, netPhi: RegistrationModule, netPsi: RegistrationModule):

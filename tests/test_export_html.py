@@ -34,3 +34,13 @@ def test_links_between_notebooks_point_at_their_pages(tmp_path):
     subprocess.run([sys.executable, EXPORT, "--out", tmp_path, notebook], check=True, capture_output=True)
     page = (tmp_path / "04_out_of_distribution.html").read_text()
     assert 'href="glossary.html"' in page and 'href="glossary.ipynb"' not in page
+
+
+def test_links_between_chapters_and_their_solutions_point_at_their_pages(tmp_path):
+    chapter, solution = ROOT / "notebooks" / "01_registration_background.ipynb", ROOT / "solutions" / "01_registration_background.ipynb"
+    subprocess.run([sys.executable, EXPORT, "--out", tmp_path, chapter], check=True, capture_output=True)
+    subprocess.run([sys.executable, EXPORT, "--out", tmp_path / "solutions", solution], check=True, capture_output=True)
+    page = (tmp_path / "01_registration_background.html").read_text()
+    assert 'href="solutions/01_registration_background.html"' in page and "../solutions/" not in page
+    page = (tmp_path / "solutions" / "01_registration_background.html").read_text()
+    assert 'href="../01_registration_background.html"' in page and "../notebooks/" not in page
