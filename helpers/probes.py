@@ -53,14 +53,17 @@ def trace_hidden_units(net: DiffusionRegularizedNet, trace: StepTrace, fixed: to
 
 
 def linear_probe(features: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor,
-                 ridge: float = 1e-2, seed: int = 0) -> float:
+                 ridge: float = 1e-2, seed: int = 0, min_varying: float = 0.01) -> float:
     """Held-out R² of a ridge regression from `features` [N, F] to `targets` [N] or [N, T].
 
     The distinct values of `groups` [N] (e.g. the moving image of each row) are split at random
     (seeded) into two halves; the probe is fitted on one half and scored on the other, both ways
     (features standardised with the fitting half's statistics, targets centred on its means).
-    R² = 1 − residual sum of squares / total sum of squares over both held-out halves: 1 is a
-    perfect read-out, 0 no better than the mean, below 0 worse.
+    A feature that differs from its median on fewer than `min_varying` of the fitting rows (a
+    hidden unit that fires on a handful of them) is left out of that fit: standardised by its tiny
+    spread there, it would explode on the held-out rows where it fires. R² = 1 − residual sum of
+    squares / total sum of squares over both held-out halves: 1 is a perfect read-out, 0 no better
+    than the mean, below 0 worse.
     """
     features, targets = features.double(), targets.double()
     targets = targets.unsqueeze(1) if targets.dim() == 1 else targets
@@ -75,12 +78,17 @@ def linear_probe(features: torch.Tensor, targets: torch.Tensor, groups: torch.Te
     half = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)) < len(distinct) // 2
     in_first = half[cluster]
     residual = total = 0.0
+    if not 0 <= min_varying < 1:
+        raise ValueError(f"min_varying must be a share in [0, 1), got {min_varying!r}")
     for fit in (in_first, ~in_first):
         x, y = features[fit], targets[fit]
+        varying = (x != x.median(0).values).double().mean(0)
+        kept = (varying >= min_varying) & (varying > 0)
+        x = x[:, kept]
         mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
         x = (x - mean) / std
         weights = torch.linalg.solve(x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype), x.T @ (y - y.mean(0)))
-        held_x, held_y = (features[~fit] - mean) / std, targets[~fit]
+        held_x, held_y = (features[~fit][:, kept] - mean) / std, targets[~fit]
         residual += float((held_y - y.mean(0) - held_x @ weights).pow(2).sum())
         total += float((held_y - y.mean(0)).pow(2).sum())
     return 1.0 - residual / total

@@ -59,6 +59,27 @@ def test_linear_probe_reads_linear_targets_and_not_noise():
         probes.linear_probe(features, noise[:10], groups)
 
 
+def test_linear_probe_leaves_out_units_that_fire_on_a_handful_of_fitting_rows():
+    """A unit that fires on one fitting row, standardised by that tiny spread, turns its firing on
+    held-out rows into huge predictions; the probe leaves such units out of that fit."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.relu(torch.randn(400, 10, generator=generator))
+    groups = torch.arange(400) // 4
+    target = features @ torch.randn(10, generator=generator) + 0.3 * torch.randn(400, generator=generator)
+    # The probe's seeded split of the 100 groups into halves (seed 0), as linear_probe draws it.
+    first = (torch.randperm(100, generator=torch.Generator().manual_seed(0)) < 50)[groups]
+    rare = torch.zeros(400, 1)
+    rare[first.nonzero()[0, 0]] = 0.05                          # one fitting row of the first half
+    rare[(~first).nonzero()[:50, 0]] = 3.0                      # and a quarter of the other half
+    with_rare = torch.cat([features, rare], 1)
+    clean = probes.linear_probe(features, target, groups)
+    assert clean > 0.8
+    assert abs(probes.linear_probe(with_rare, target, groups) - clean) < 0.02
+    assert probes.linear_probe(with_rare, target, groups, min_varying=0.0) < clean - 1, "unfiltered, the unit does harm"
+    with pytest.raises(ValueError, match="min_varying"):
+        probes.linear_probe(features, target, groups, min_varying=1.0)
+
+
 def test_jacobian_of_a_linear_step_is_its_matrix(net, pairs):
     matrix = torch.randn(1568, 1568, generator=torch.Generator().manual_seed(1)) / 40
 
