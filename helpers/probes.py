@@ -72,14 +72,14 @@ def linear_probe(features: torch.Tensor, targets: torch.Tensor, groups: torch.Te
                          f"{list(features.shape)}, {list(targets.shape)}, {list(groups.shape)}")
     if not ridge > 0:
         raise ValueError(f"ridge must be > 0, got {ridge!r}")
+    if not 0 <= min_varying < 1:
+        raise ValueError(f"min_varying must be a share in [0, 1), got {min_varying!r}")
     distinct, cluster = torch.unique(groups, return_inverse=True)
     if len(distinct) < 4:
         raise ValueError(f"need at least 4 distinct groups to hold half of them out, got {len(distinct)}")
     half = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)) < len(distinct) // 2
     in_first = half[cluster]
     residual = total = 0.0
-    if not 0 <= min_varying < 1:
-        raise ValueError(f"min_varying must be a share in [0, 1), got {min_varying!r}")
     for fit in (in_first, ~in_first):
         x, y = features[fit], targets[fit]
         varying = (x != x.median(0).values).double().mean(0)
