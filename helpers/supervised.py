@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from .classical import register_pairwise
 from .coordinates import identity_map
-from .data import load_digits, random_pairs
-from .train import GUARD_WINDOW, TrainConfig, TrainResult, build_network, is_spike, learning_rate
+from .data import random_pairs
+from .train import GUARD_WINDOW, TrainConfig, TrainResult, build_network, is_spike, learning_rate, training_images
 
 TARGET_PAIRS = 4096
 TARGET_SEED = 2017
@@ -55,11 +55,11 @@ class TargetBank(NamedTuple):
 
 def target_bank(config: TrainConfig, pairs: int = TARGET_PAIRS, iterations: int = TARGET_ITERATIONS,
                 progress: bool = False) -> TargetBank:
-    """The supervised targets for `config` (its digit, split, source and λ): `pairs` random pairs
+    """The supervised targets for `config` (its digit, training images and λ): `pairs` random pairs
     registered by the per-pair optimiser. Deterministic on one machine."""
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise ValueError(f"pairs must be an int >= 1, got {pairs!r}")
-    images = load_digits(config.digit, config.split, source=config.source)
+    images = training_images(config)
     moving, fixed = random_pairs(images, pairs, torch.Generator().manual_seed(TARGET_SEED))
     result = register_pairwise(moving, fixed, lmbda=config.lmbda, iterations=iterations, progress=progress)
     registration = result.registration

