@@ -140,6 +140,42 @@ def ensemble_drift(traces: list, model: torch.nn.Module, digit: int) -> Drift:
     return Drift(*(torch.stack(field) for field in zip(*drifts)))
 
 
+# --- Memorisation (chapters 03 and 04) -----------------------------------------------------
+
+
+def nearest_distance(images: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """[N] float64: the mean squared pixel difference from each image [N, 1, H, W] to the closest of
+    `references` [R, 1, H, W] (what `NearestImageSSD` computes, without the registration)."""
+    if images.dim() != 4 or references.dim() != 4 or images.shape[1:] != references.shape[1:] or len(references) == 0:
+        raise ValueError(f"need images [N, C, H, W] and references [R >= 1, C, H, W] of one size, got "
+                         f"{list(images.shape)} and {list(references.shape)}")
+    flat, refs = images.flatten(1).double(), references.flatten(1).double()
+    norms = (refs * refs).sum(1)
+    chunks = [((chunk * chunk).sum(1, keepdim=True) - 2 * chunk @ refs.T + norms).amin(1) for chunk in flat.split(1024)]
+    return torch.cat(chunks).clamp_min(0) / flat.shape[1]
+
+
+def memorisation_gap(images: torch.Tensor, seen: torch.Tensor, unseen: torch.Tensor, draws: int = 10,
+                     seed: int = 0) -> torch.Tensor:
+    """[N] float64: how much nearer each image is to images a network trained on (`seen`) than to
+    as many images it never saw (`unseen`): the distance to the nearest unseen image minus the
+    distance to the nearest of len(unseen) seen ones (drawn at random without replacement,
+    averaged over `draws` draws when `seen` is larger). Positive: nearer the training images, as
+    a network that had memorised them would make its outputs; about 0 for images that are merely
+    of the same kind."""
+    if len(seen) < len(unseen):
+        raise ValueError(f"need at least as many seen images as unseen ones, got {len(seen)} and {len(unseen)}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be an int >= 1, got {draws!r}")
+    to_unseen = nearest_distance(images, unseen)
+    if len(seen) == len(unseen):
+        return to_unseen - nearest_distance(images, seen)
+    generator = torch.Generator().manual_seed(seed)
+    to_seen = torch.stack([nearest_distance(images, seen[torch.randperm(len(seen), generator=generator)[: len(unseen)]])
+                           for _ in range(draws)]).mean(0)
+    return to_unseen - to_seen
+
+
 # --- Hunting the inner objective (chapters 05 and 06) ---------------------------------------
 #
 # A candidate objective is a function of a registration (φ, its grid, the warped image, every

@@ -46,17 +46,18 @@ class DigitClassifier(nn.Module):
 
 
 class ShallowCNN(nn.Module):
-    """One wide convolution layer (32 filters, 5 × 5, pooled) and a dense layer: what a single
-    layer of local features and a perceptron on top can judge. [B, 1, 28, 28] -> logits [B, 10]."""
+    """One convolution layer (32 filters, 5 × 5, max-pooled over 4 × 4 windows) and a dense
+    layer: what a single layer of local features and a perceptron on top can judge.
+    [B, 1, 28, 28] -> logits [B, 10]."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 32, 5, padding=2)
-        self.dense = nn.Linear(32 * 14 * 14, 128)
+        self.dense = nn.Linear(32 * 7 * 7, 128)
         self.out = nn.Linear(128, 10)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv(images)), 2)
+        x = F.max_pool2d(F.relu(self.conv(images)), 4)
         return self.out(F.relu(self.dense(x.flatten(1))))
 
 
@@ -112,7 +113,7 @@ class JudgeRecipe(NamedTuple):
 #: The shipped judges, by the name the chapters print.
 JUDGES = {
     "CNN judge": JudgeRecipe("cnn", seed=0, epochs=20),
-    "shallow-CNN judge": JudgeRecipe("shallow", seed=1, epochs=20),
+    "shallow-CNN judge": JudgeRecipe("shallow", seed=1, epochs=30),
     "all-conv judge": JudgeRecipe("allconv", seed=2, epochs=40),
 }
 #: The name of the judge-free nearest-neighbour judge, where chapters list it beside `JUDGES`.
@@ -298,12 +299,12 @@ def class_distances(images: torch.Tensor, references: torch.Tensor, squared_norm
 # --- what a judge gets right and how sure it is --------------------------------------------
 
 
-def confusion(model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """[10, 10] counts: row = true digit, column = the judge's top class (default: MNIST's test set)."""
-    if images is None:
-        images, labels = labelled_split("heldout")
-    predicted = predict_proba(model, images).argmax(-1)
-    return torch.bincount(labels * 10 + predicted, minlength=100).reshape(10, 10)
+def confusion(probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[10, 10] counts: row = true digit, column = the judge's top class, for probabilities [N, 10]
+    (e.g. `predict_proba(model, images)`) of images with true labels [N]."""
+    if probabilities.ndim != 2 or probabilities.shape[1] != 10 or labels.shape != probabilities.shape[:1]:
+        raise ValueError(f"need probabilities [N, 10] and labels [N], got {tuple(probabilities.shape)} and {tuple(labels.shape)}")
+    return torch.bincount(labels.long() * 10 + probabilities.argmax(-1), minlength=100).reshape(10, 10)
 
 
 class Reliability(NamedTuple):

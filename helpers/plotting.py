@@ -284,3 +284,23 @@ def show_summaries(ax, summaries: dict, title: str = "", xlabel: str = "", color
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.grid(axis="x", lw=0.3)
+
+
+def plot_reliability(reliabilities: dict, title: str = ""):
+    """Reliability diagrams side by side: for each judge ({name: helpers.classifier.Reliability}),
+    the share correct against the mean confidence in each bin of confidence (dots sized by how
+    many images fall in the bin), with the diagonal a calibrated judge would follow."""
+    fig, axes = plt.subplots(1, len(reliabilities), figsize=(2.6 * len(reliabilities), 2.8), squeeze=False)
+    for ax, (name, result) in zip(axes[0], reliabilities.items()):
+        filled = result.count > 0
+        sizes = 8 + 120 * (result.count[filled] / result.count.sum()).sqrt()
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+        ax.scatter(to_numpy(result.confidence[filled]), to_numpy(result.accuracy[filled]), s=to_numpy(sizes), color="C0")
+        ax.set_xlim(0, 1.02), ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (top class)", fontsize=8)
+        ax.set_title(f"{name}\nECE {result.expected_calibration_error:.3f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("share correct", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -212,6 +212,17 @@ def test_evaluation_pairs_are_reproducible_distinct_and_never_self_pairs():
         evaluation_pairs(5, 7, n=893)
 
 
+def test_evaluation_pairs_from_the_first_images_of_a_split():
+    moving_index, fixed_index = evaluation_indices(5, 5, n=256, split="train", first=300)
+    assert moving_index.max() < 300 and fixed_index.max() < 300 and len(moving_index.unique()) == 256
+    moving, fixed = evaluation_pairs(5, 5, n=256, split="train", first=300)
+    assert torch.equal(moving, load_digits(5, "train")[moving_index])
+    with pytest.raises(ValueError, match=r"but the first 300 images of the 'train' split holds 300"):
+        evaluation_pairs(5, 5, n=301, split="train", first=300)
+    with pytest.raises(ValueError, match="first must be None or an int >= 2"):
+        evaluation_indices(5, 5, first=0)
+
+
 def centroids(images):
     """(row, column) centre of mass of each image [N, 1, H, W], in pixels: [N, 2]."""
     rows = torch.arange(images.shape[2], dtype=images.dtype).view(1, -1, 1)

@@ -192,7 +192,8 @@ def _read_mnist(path: Path) -> dict[str, np.ndarray]:
 
 
 def evaluation_pairs(
-    moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout"
+    moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout",
+    first: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` (moving, fixed) pairs drawn from one split, each [n, 1, 28, 28].
 
@@ -200,14 +201,17 @@ def evaluation_pairs(
     counts as many images as there are pairs); fixed images are images of ``fixed_digit`` drawn
     uniformly with replacement, never the pair's moving image itself. The draws come from a
     generator seeded with ``seed``: the same arguments always give the same pairs.
+    ``first``: draw from the first that many images of the split only (e.g. ``split="train",
+    first=300``: pairs of the images a ``TrainConfig(train_size=300)`` network trained on).
     ``evaluation_indices`` says which images lie behind them.
     """
-    moving_index, fixed_index = evaluation_indices(moving_digit, fixed_digit, n, seed, split)
+    moving_index, fixed_index = evaluation_indices(moving_digit, fixed_digit, n, seed, split, first)
     return load_digits(moving_digit, split)[moving_index], load_digits(fixed_digit, split)[fixed_index]
 
 
 def evaluation_indices(
-    moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout"
+    moving_digit: int, fixed_digit: int, n: int = 256, seed: int = 1234, split: str = "heldout",
+    first: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The indices [n] into ``load_digits(moving_digit, split)`` and ``load_digits(fixed_digit,
     split)`` of ``evaluation_pairs(moving_digit, fixed_digit, n, seed, split)``: the moving ones
@@ -216,9 +220,14 @@ def evaluation_indices(
         raise ValueError(f"n must be a positive int, got {n!r}")
     moving_count = len(_digit_images(_checked_digit(moving_digit), _checked_split(split)))
     fixed_count = len(_digit_images(_checked_digit(fixed_digit), split))
+    if first is not None:
+        if isinstance(first, bool) or not isinstance(first, numbers.Integral) or first < 2:
+            raise ValueError(f"first must be None or an int >= 2, got {first!r}")
+        moving_count, fixed_count = min(moving_count, first), min(fixed_count, first)
     if n > moving_count:
+        where = f"the first {first} images of the {split!r} split" if first is not None else f"the {split!r} split"
         raise ValueError(
-            f"n = {n} pairs need {n} distinct moving {moving_digit}s, but the {split!r} split holds "
+            f"n = {n} pairs need {n} distinct moving {moving_digit}s, but {where} holds "
             f"{moving_count}; ask for at most {moving_count}"
         )
     generator = torch.Generator().manual_seed(seed)
