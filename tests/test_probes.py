@@ -40,7 +40,8 @@ def test_hidden_units_are_the_second_layers_activity(net, pairs):
     with torch.no_grad():
         trace = trace_steps(net, moving, fixed)
     units = probes.trace_hidden_units(net, trace, fixed)
-    assert units.shape == (9, 6, 50) and torch.allclose(units[0], expected)
+    assert units.shape == (9, 6, 50)
+    torch.testing.assert_close(units[0], expected, rtol=1e-4, atol=1e-5)  # another batch shape: rounding differs
     with pytest.raises(ValueError, match="needs an FCNet"):
         probes.hidden_units(net, moving, fixed)
 

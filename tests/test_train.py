@@ -12,7 +12,7 @@ from helpers.models import FCNet, inner_fcnet, post_network
 from helpers.registration import FunctionFromVectorField
 from helpers.train import (
     CHECKPOINTS, ENSEMBLE_SEEDS, CheckpointError, TrainConfig, TrainingDiverged, checkpoint_path, is_spike, load_checkpoint,
-    load_ensemble, member_name, my_checkpoint_path, save_checkpoint, train,
+    load_ensemble, member_name, my_checkpoint_path, save_checkpoint, train, training_images,
 )
 
 SMALL = TrainConfig(steps=4, batch_size=8, seed=3)
@@ -328,7 +328,8 @@ def test_weights_for_another_architecture(small_run, tmp_path):
     "changes",
     [{"steps": -1}, {"steps": 0}, {"batch_size": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"grad_clip": 0.0}, {"spike_guard": -1.0}, {"digit": 5.0},
      {"lr_schedule": "cosine"}, {"augment": -1.0}, {"augment": float("inf")}, {"augment": True},
-     {"decay_after": 0}, {"decay_after": True}, {"decay_after": 2.5}, {"paradigm": "reinforced"}],
+     {"decay_after": 0}, {"decay_after": True}, {"decay_after": 2.5}, {"paradigm": "reinforced"},
+     {"train_size": 1}, {"train_size": 300.0}, {"train_size": True}],
 )
 def test_bad_config(changes):
     with pytest.raises(ValueError, match="TrainConfig"):
@@ -364,3 +365,21 @@ def test_spike_guard_skips_non_finite_gradients(fives, monkeypatch):
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_reporting_inf_once)
     result = train(dataclasses.replace(SMALL, steps=5), fives, device="cpu", progress=False)
     assert result.history["skipped"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_train_size_trains_on_the_first_images_of_the_split_only(monkeypatch):
+    config = TrainConfig(steps=2, batch_size=4, train_size=30)
+    assert torch.equal(training_images(config), load_digits(5, "train")[:30])
+    assert len(training_images(TrainConfig())) == len(load_digits(5, "train")) == 4879
+    drawn = []
+    real_random_pairs = helpers.train.random_pairs
+
+    def spy(images, batch_size, generator):
+        drawn.append(len(images))
+        return real_random_pairs(images, batch_size, generator)
+
+    monkeypatch.setattr(helpers.train, "random_pairs", spy)
+    train(config, progress=False)
+    assert drawn == [30, 30], "every batch is drawn from the first 30 images"
+    with pytest.raises(ValueError, match="train_size is 5000, but the 'train' split holds 4879 5s"):
+        training_images(TrainConfig(train_size=5000))
