@@ -33,3 +33,28 @@ def test_unknown_checkpoint_names_are_refused():
     result = run_script("fifths")
     assert result.returncode == 2
     assert "unknown checkpoint(s) ['fifths']" in result.stderr
+
+
+def test_a_judge_check_compares_what_the_judge_says(monkeypatch, capsys):
+    """`--check` on a judge retrains it (here: a stand-in that returns the shipped judge itself, then
+    one with a weight changed) and compares its test accuracy and probabilities with the shipped one's."""
+    import importlib.util
+
+    import torch
+
+    from helpers.classifier import JUDGES, ClassifierResult, heldout_accuracy, judge_path, load_judge
+
+    spec = importlib.util.spec_from_file_location("train_checkpoints_under_test", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    name = "judge_allconv"
+    shipped, _ = load_judge(judge_path(JUDGES["all-conv judge"]))
+    monkeypatch.setattr(script, "train_classifier", lambda **_: ClassifierResult(shipped, heldout_accuracy(shipped)))
+    assert script.train_judge(name, check=True)
+    assert capsys.readouterr().out.count(" ok\n") == 2
+    broken, _ = load_judge(judge_path(JUDGES["all-conv judge"]))
+    with torch.no_grad():
+        broken.out.bias[5] += 5.0  # calls far more images a 5
+    monkeypatch.setattr(script, "train_classifier", lambda **_: ClassifierResult(broken, heldout_accuracy(broken)))
+    assert not script.train_judge(name, check=True)
+    assert "FAILED" in capsys.readouterr().out
