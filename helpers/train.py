@@ -57,9 +57,7 @@ class TrainConfig:
     which the decay prevented in every run measured (benchmarks/STABILITY.md).
     `augment` > 0 turns, scales and shifts every training image at random before it is used
     (`helpers.data.random_affine` with that amount; 0, the post's, leaves them as they are).
-    With 300 training images per digit the network otherwise learns its training images far
-    better than held-out ones; augmenting reaches a given held-out SSD in fewer steps
-    (benchmarks/RESULTS.md, part b).
+    It narrows the gap between training and held-out images (chapter 03, section 8).
     `paradigm` is how the network learns: "unsupervised" (the post's: through the loss,
     by `train`) or "supervised" (Quicksilver's: imitating the fields a per-pair optimiser
     found with this λ, by `helpers.supervised.train_supervised`; chapter 07).

@@ -140,9 +140,9 @@ def random_affine(images: torch.Tensor, amount: float, generator: torch.Generato
     comes in from outside the image is background (0). Draws 4·N numbers from ``generator``
     (a CPU generator), so a seeded generator gives the same maps.
 
-    Training on the bundled 300 images of a digit, the network learns to register the training
-    images much better than held-out ones; seeing each image slightly changed every time
-    narrows that gap (``TrainConfig.augment``, benchmarks/RESULTS.md part b).
+    Seeing each training image slightly changed every time narrows the gap between how well a
+    network registers its training images and held-out ones (``TrainConfig.augment``; chapter 03,
+    section 8, measures it).
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
