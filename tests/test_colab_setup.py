@@ -56,9 +56,11 @@ def run(python, cwd, *arguments):
     return subprocess.run([str(python), *arguments], cwd=cwd, capture_output=True, text=True, env=environment, timeout=600)
 
 
-PROBE = ("import helpers, torch\nfrom helpers.data import load_digits\nfrom helpers.train import checkpoint_path, load_checkpoint\n"
+PROBE = ("import helpers, torch\nfrom helpers.classifier import load_judges\nfrom helpers.data import load_digits\n"
+         "from helpers.train import checkpoint_path, load_checkpoint\n"
          "print(helpers.__file__)\nprint(torch.__file__, torch.__version__)\n"
-         "print(tuple(load_digits(5, 'heldout').shape), load_checkpoint(checkpoint_path('fives')).config.registration_steps)")
+         "print(tuple(load_digits(5, 'heldout').shape), load_checkpoint(checkpoint_path('fives')).config.registration_steps,"
+         " len(load_judges()))")
 
 
 def test_the_setup_cell_installs_helpers_from_a_clone_and_keeps_torch(colab):
@@ -87,7 +89,7 @@ def test_the_setup_cell_installs_helpers_from_a_clone_and_keeps_torch(colab):
     helpers_file, torch_line, shapes = probe.stdout.strip().splitlines()
     assert not helpers_file.startswith(str(clone)) and "site-packages" in helpers_file, helpers_file
     assert torch_line == before.stdout.split(" ", 1)[1].strip(), "the preinstalled torch is kept"
-    assert shapes == "(100, 1, 28, 28) 9", "the data and checkpoints came with the package"
+    assert shapes == "(892, 1, 28, 28) 9 3", "the data, the checkpoints and the judges came with the package"
 
     again = run(python, content, "-c", source)                    # a second run does nothing
     assert again.returncode == 0 and again.stdout == "", again.stdout + again.stderr
